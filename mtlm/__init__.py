@@ -1,0 +1,43 @@
+"""mtlm: a transformers-native zoo of tiny language models.
+
+Importing mtlm registers every family with transformers' Auto classes, so `AutoConfig.for_model("mtlm_llama")`,
+`AutoModelForCausalLM.from_config(...)` and `from_pretrained(folder)` work without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration import MtlmGPTConfig, MtlmLlamaConfig, MtlmMoeConfig
+from .modeling import (
+    MtlmGPTForCausalLM,
+    MtlmGPTModel,
+    MtlmLlamaForCausalLM,
+    MtlmLlamaModel,
+    MtlmMoeForCausalLM,
+    MtlmMoeModel,
+)
+
+FAMILIES = {
+    MtlmLlamaConfig: (MtlmLlamaModel, MtlmLlamaForCausalLM),
+    MtlmGPTConfig: (MtlmGPTModel, MtlmGPTForCausalLM),
+    MtlmMoeConfig: (MtlmMoeModel, MtlmMoeForCausalLM),
+}
+
+for _config_class, (_model_class, _lm_class) in FAMILIES.items():
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+    AutoModelForCausalLM.register(_config_class, _lm_class, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "MtlmGPTConfig",
+    "MtlmGPTForCausalLM",
+    "MtlmGPTModel",
+    "MtlmLlamaConfig",
+    "MtlmLlamaForCausalLM",
+    "MtlmLlamaModel",
+    "MtlmMoeConfig",
+    "MtlmMoeForCausalLM",
+    "MtlmMoeModel",
+]

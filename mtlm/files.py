@@ -1,0 +1,33 @@
+"""Writing folders so that a good one is never replaced by a half-written one."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_folder(destination: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `destination`; when the block succeeds it becomes `destination`, when it
+    fails it is removed and `destination` is left as it was."""
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise FileExistsError(f"{destination} exists and is not a folder: choose another output path.")
+    if destination.is_dir() and any(destination.iterdir()) and not overwrite:
+        raise FileExistsError(f"{destination} exists and is not empty: choose another path or pass --overwrite.")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if destination.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+        destination.rename(retired / destination.name)
+        staging.rename(destination)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(destination)

@@ -1,0 +1,422 @@
+"""Blocks shared by the mtlm families, and the base classes their PreTrainedModels derive from.
+
+This file travels into every checkpoint folder beside the family's modeling file, so it imports only torch,
+transformers and flat siblings.
+"""
+
+import importlib
+import math
+import os
+import shutil
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.dynamic_module_utils import get_relative_imports
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+
+class MtlmRMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale, computed in float32."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states: (..., hidden_size) -> same shape and dtype."""
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class MtlmLayerNorm(nn.LayerNorm):
+    """LayerNorm with weight and bias (GPT-2); named so transformers' default init resets it to (1, 0)."""
+
+
+def make_norm(config) -> nn.Module:
+    """The family's norm: RMSNorm unless the config asks for LayerNorm."""
+    if getattr(config, "norm_type", "rmsnorm") == "layernorm":
+        return MtlmLayerNorm(config.hidden_size, eps=config.norm_eps)
+    return MtlmRMSNorm(config.hidden_size, eps=getattr(config, "rms_norm_eps", getattr(config, "norm_eps", 1e-6)))
+
+
+class MtlmRotaryEmbedding(nn.Module):
+    """cos/sin tables of rotary position embeddings for the positions asked for (any `rope_type` transformers has)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn: Callable = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config, **kwargs) -> tuple[torch.Tensor, float]:
+        """Inverse frequencies (head_dim / 2,) of the original RoPE, and an attention scaling of 1."""
+        base = config.rope_parameters["rope_theta"]
+        dim = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids: (batch, seq) -> cos, sin: (batch, seq, head_dim) in x's dtype."""
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """q: (batch, heads, seq, head_dim), k: (batch, kv_heads, seq, head_dim), cos/sin: (batch, seq, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, head_dim) -> (batch, kv_heads * n_rep, seq, head_dim), each kv head repeated in place."""
+    batch, num_key_value_heads, seq_len, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, seq_len, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, seq_len, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention. query: (batch, heads, q_len, head_dim); key, value: (batch, kv_heads, kv_len,
+    head_dim); attention_mask: additive (batch, 1, q_len, kv_len). Returns (batch, q_len, heads, head_dim) and the
+    attention weights (batch, heads, q_len, kv_len)."""
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+class MtlmAttention(nn.Module):
+    """Causal multi-head attention with grouped kv heads, one fused qkv projection and optional rotary embeddings.
+
+    Dispatches to `config._attn_implementation` (eager, sdpa, flash_attention_2, flex_attention, ...)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        qkv_size = (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden) and the attention weights if eager."""
+        input_shape = hidden_states.shape[:-1]
+        qkv = self.qkv_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        query_states, key_states, value_states = qkv.split(
+            [self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=1
+        )
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class MtlmGatedMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x)), with gate and up fused into one projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., hidden) -> (..., hidden)."""
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+class MtlmMLP(nn.Module):
+    """Two-layer MLP: down(act(up(x))) (GPT-2's c_fc / c_proj)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., hidden) -> (..., hidden)."""
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+class MtlmDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))). The MLP is the family's."""
+
+    def __init__(self, config, layer_idx: int, mlp: nn.Module):
+        super().__init__()
+        self.self_attn = MtlmAttention(config, layer_idx)
+        self.mlp = mlp
+        self.input_layernorm = make_norm(config)
+        self.post_attention_layernorm = make_norm(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden)."""
+        attn_output, _ = self.self_attn(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+
+
+def code_files(*classes: type) -> list[str]:
+    """Source files of the modules defining `classes` and of every flat sibling they import, recursively.
+
+    Inside the mtlm package a modeling file's `from .configuration_x import` resolves to mtlm.configuration (see
+    mtlm/modeling/__init__.py); inside a checkpoint folder all files are siblings. Either way the module objects know
+    their files, so both cases are answered the same way."""
+    files: dict[str, None] = {}
+    pending = [importlib.import_module(cls.__module__) for cls in classes]
+    while pending:
+        module = pending.pop()
+        if module.__file__ in files:
+            continue
+        files[module.__file__] = None
+        for name in get_relative_imports(module.__file__):
+            pending.append(importlib.import_module(f".{name}", module.__package__))
+    return list(files)
+
+
+class MtlmPreTrainedModel(PreTrainedModel):
+    """Base of every mtlm model: attention backends, weight init and self-contained remote-code checkpoints."""
+
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MtlmDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": MtlmDecoderLayer, "attentions": MtlmAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """N(0, initializer_range) for matrices and embeddings (transformers' default), then, if
+        `scale_residual_init`, std / sqrt(2L) for the projections that write into the residual stream."""
+        super()._init_weights(module)
+        if self.config.scale_residual_init and isinstance(module, MtlmDecoderLayer):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.self_attn.o_proj.weight, mean=0.0, std=std)
+            for name, param in module.mlp.named_parameters():
+                if name.endswith("down_proj.weight") or name.endswith("down_proj"):
+                    init.normal_(param, mean=0.0, std=std)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """Save weights and config, plus the flat code files and `auto_map` that let the folder load with
+        `trust_remote_code=True` where mtlm is not installed."""
+        config_class, model_class = type(self.config), type(self)
+        self.config.auto_map = {
+            "AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}",
+            "AutoModelForCausalLM": f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}",
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for path in code_files(config_class, model_class):
+                shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
+
+
+class MtlmModel(MtlmPreTrainedModel):
+    """Decoder backbone: embeddings, pre-norm layers, final norm. Subclasses build the modules and say how positions
+    enter (`apply_positions`)."""
+
+    output_class = BaseModelOutputWithPast
+
+    def apply_positions(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Returns the hidden states entering layer 0 and the rotary (cos, sin) the attention layers apply, if any."""
+        raise NotImplementedError
+
+    def check_input_ids(self, input_ids: torch.Tensor) -> None:
+        # An out-of-range id would otherwise fail deep inside nn.Embedding (or assert on the GPU).
+        vocab_size = self.config.vocab_size
+        outside = (input_ids < 0) | (input_ids >= vocab_size)
+        if outside.any():
+            bad = sorted(set(input_ids[outside].tolist()))[:8]
+            raise ValueError(
+                f"input_ids hold ids {bad} outside the vocabulary [0, {vocab_size}) of this model: use the tokenizer "
+                "the model was trained with, or resize the embeddings with model.resize_token_embeddings()."
+            )
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """input_ids: (batch, seq) or inputs_embeds: (batch, seq, hidden); attention_mask: (batch, past + seq) with 0
+        on padding. Returns last_hidden_state (batch, seq, hidden) and the cache."""
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            if not torch.compiler.is_compiling():
+                self.check_input_ids(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        hidden_states, position_embeddings = self.apply_positions(inputs_embeds, position_ids)
+        hidden_states = self.dropout(hidden_states)
+        for decoder_layer in self.layers:
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        return self.output_class(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+
+
+class MtlmForCausalLM(MtlmPreTrainedModel, GenerationMixin):
+    """A backbone (`self.model`) with a linear head over the vocabulary, tied to the embeddings when configured."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    output_class = CausalLMOutputWithPast
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """labels: (batch, seq), -100 where no loss is taken; shifted inside. Returns logits (batch, kept, vocab),
+        the mean next-token loss if labels are given, and whatever the backbone returned besides its last state."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        extras = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        return self.output_class(loss=loss, logits=logits, **extras)
