@@ -15,7 +15,7 @@ from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mtlm_moe import MtlmMoeConfig
 from .modeling_mtlm_llama import MtlmLlamaForCausalLM, MtlmLlamaModel
-from .mtlm_blocks import MtlmAttention, MtlmDecoderLayer
+from .mtlm_blocks import MtlmAttention, MtlmDecoderLayer, residual_init_std
 
 
 @use_experts_implementation
@@ -105,7 +105,7 @@ class MtlmMoeModel(MtlmLlamaModel):
     def _init_weights(self, module: nn.Module):
         if isinstance(module, MtlmExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=self.config.initializer_range)
-            init.normal_(module.down_proj, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.down_proj, mean=0.0, std=residual_init_std(self.config))
         elif isinstance(module, MtlmTopKRouter):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         super()._init_weights(module)

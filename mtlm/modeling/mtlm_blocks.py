@@ -136,6 +136,19 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
+def residual_projection(linear: nn.Linear) -> nn.Linear:
+    """Mark a projection whose output is added to the residual stream: with `scale_residual_init` it starts with
+    std initializer_range / sqrt(2L)."""
+    linear.writes_residual = True
+    return linear
+
+
+def residual_init_std(config) -> float:
+    if config.scale_residual_init:
+        return config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
+    return config.initializer_range
+
+
 class MtlmAttention(nn.Module):
     """Causal multi-head attention with grouped kv heads, one fused qkv projection and optional rotary embeddings.
 
@@ -154,7 +167,9 @@ class MtlmAttention(nn.Module):
         self.is_causal = True
         qkv_size = (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        self.o_proj = residual_projection(
+            nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        )
 
     def forward(
         self,
@@ -199,7 +214,9 @@ class MtlmGatedMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.down_proj = residual_projection(
+            nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        )
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +231,9 @@ class MtlmMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.down_proj = residual_projection(
+            nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        )
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,15 +306,11 @@ class MtlmPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        """N(0, initializer_range) for matrices and embeddings (transformers' default), then, if
-        `scale_residual_init`, std / sqrt(2L) for the projections that write into the residual stream."""
+        """N(0, initializer_range) for matrices and embeddings (transformers' default); projections into the residual
+        stream get `residual_init_std`."""
         super()._init_weights(module)
-        if self.config.scale_residual_init and isinstance(module, MtlmDecoderLayer):
-            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.self_attn.o_proj.weight, mean=0.0, std=std)
-            for name, param in module.mlp.named_parameters():
-                if name.endswith("down_proj.weight") or name.endswith("down_proj"):
-                    init.normal_(param, mean=0.0, std=std)
+        if getattr(module, "writes_residual", False):
+            init.normal_(module.weight, mean=0.0, std=residual_init_std(self.config))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Save weights and config, plus the flat code files and `auto_map` that let the folder load with

@@ -1,0 +1,53 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+import mtlm  # noqa: E402, F401  (registers the families)
+
+FAMILIES = ("mtlm_llama", "mtlm_gpt", "mtlm_moe")
+VOCAB_SIZE = 97
+
+TINY = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+TINY_BY_FAMILY = {
+    "mtlm_llama": dict(attention_bias=True, tie_word_embeddings=False),
+    "mtlm_gpt": dict(num_key_value_heads=4, hidden_dropout=0.0, attention_dropout=0.0),
+    "mtlm_moe": dict(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02),
+}
+
+
+def tiny_config(family: str, **overrides):
+    """A few-thousand-parameter config of `family` (overrides win)."""
+    return AutoConfig.for_model(family, **{**TINY, **TINY_BY_FAMILY[family], **overrides})
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides)).eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    """Token ids avoiding the special ids 0-2, so that no row ends early at eos."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB_SIZE, (batch, length), generator=generator)

@@ -1,0 +1,70 @@
+"""Every checkpoint folder mtlm writes loads with trust_remote_code=True in a process where mtlm cannot be
+imported, computes identical logits, generates, and saves a folder that loads the same way again."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from conftest import random_ids, tiny_model
+
+REMOTE_SCRIPT = r"""
+import sys
+sys.modules["mtlm"] = None  # `import mtlm` now raises ImportError, as on a machine without it
+try:
+    import mtlm
+except ImportError:
+    pass
+else:
+    raise SystemExit("mtlm is importable")
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+folder, ids_file, logits_file, resaved = sys.argv[1:5]
+ids, expected = torch.load(ids_file), torch.load(logits_file)
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+assert type(config).__module__.startswith("transformers_modules."), type(config).__module__
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+with torch.no_grad():
+    torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+generated = model.generate(ids[:, :4], max_new_tokens=6, do_sample=False, eos_token_id=None)
+assert generated.shape == (ids.shape[0], 10), generated.shape
+
+model.save_pretrained(resaved)
+again = AutoModelForCausalLM.from_pretrained(resaved, trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.testing.assert_close(again(ids).logits, expected, rtol=0, atol=0)
+assert torch.equal(again.generate(ids[:, :4], max_new_tokens=6, do_sample=False, eos_token_id=None), generated)
+print("remote-ok", type(model).__name__)
+"""
+
+
+def test_checkpoint_loads_as_remote_code_without_mtlm(family, tmp_path):
+    model = tiny_model(family)
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+
+    config = json.loads((folder / "config.json").read_text())
+    module, class_name = config["auto_map"]["AutoModelForCausalLM"].split(".")
+    assert class_name == type(model).__name__ and (folder / f"{module}.py").is_file()
+    assert (folder / "model.safetensors").is_file()
+    code = {path.name: path.read_text() for path in folder.glob("*.py")}
+    for name, text in code.items():
+        assert "import mtlm" not in text and "from mtlm" not in text and "from .." not in text, name
+
+    ids = random_ids(2, 10)
+    torch.save(ids, tmp_path / "ids.pt")
+    with torch.no_grad():
+        torch.save(model(ids).logits, tmp_path / "logits.pt")
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": os.environ.get("PATH", "")}
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"),
+         str(tmp_path / "resaved")],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"remote-ok {type(model).__name__}" in result.stdout
+    assert sorted(path.name for path in (tmp_path / "resaved").glob("*.py")) == sorted(code)
