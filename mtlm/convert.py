@@ -58,7 +58,6 @@ _MIXTRAL_SHARED_FIELDS = _LLAMA_SHARED_FIELDS + (
     "output_router_logits",
     "router_jitter_noise",
 )
-_LAYER = r"model\.layers\.(\d+)\."
 
 
 def _copy_fields(config, names) -> dict:
@@ -77,62 +76,31 @@ def _drop_residual_dropout(config, target: str) -> None:
         )
 
 
-def _fuse_llama_layers(state_dict: dict) -> dict:
-    """Upstream Llama/Mixtral names -> mtlm: q/k/v into qkv_proj, gate/up into gate_up_proj."""
-    fused = {}
-    for name, tensor in state_dict.items():
-        match = re.fullmatch(_LAYER + r"(self_attn\.q_proj|mlp\.gate_proj)\.(weight|bias)", name)
-        if match:
-            layer, module, kind = match.groups()
-            prefix = f"model.layers.{layer}."
-            if module == "self_attn.q_proj":
-                parts = [state_dict[f"{prefix}self_attn.{p}_proj.{kind}"] for p in "qkv"]
-                fused[f"{prefix}self_attn.qkv_proj.{kind}"] = torch.cat(parts)
-            else:
-                parts = [state_dict[f"{prefix}mlp.{p}_proj.{kind}"] for p in ("gate", "up")]
-                fused[f"{prefix}mlp.gate_up_proj.{kind}"] = torch.cat(parts)
-        elif not re.fullmatch(_LAYER + r"(self_attn\.[kv]_proj|mlp\.up_proj)\.(weight|bias)", name):
-            fused[name] = tensor
-    return fused
+def _same_names(state_dict: dict) -> dict:
+    """mtlm_llama and mtlm_moe name and lay out every weight as Llama and Mixtral do."""
+    return dict(state_dict)
 
 
-def _split_llama_layers(state_dict: dict, config) -> dict:
-    """mtlm names -> upstream Llama/Mixtral: qkv_proj into q/k/v, gate_up_proj into gate/up."""
-    head_dim = config.head_dim
-    qkv_sizes = [n * head_dim for n in (config.num_attention_heads, config.num_key_value_heads, config.num_key_value_heads)]
-    split = {}
-    for name, tensor in state_dict.items():
-        match = re.fullmatch(_LAYER + r"(self_attn\.qkv_proj|mlp\.gate_up_proj)\.(weight|bias)", name)
-        if not match:
-            split[name] = tensor
-            continue
-        layer, module, kind = match.groups()
-        prefix = f"model.layers.{layer}."
-        if module == "self_attn.qkv_proj":
-            for part, piece in zip("qkv", tensor.split(qkv_sizes)):
-                split[f"{prefix}self_attn.{part}_proj.{kind}"] = piece
-        else:
-            for part, piece in zip(("gate", "up"), tensor.chunk(2)):
-                split[f"{prefix}mlp.{part}_proj.{kind}"] = piece
-    return split
-
-
-# GPT-2 name prefix <-> mtlm_gpt name prefix ({} is the layer), and whether GPT-2 stores the weight transposed (Conv1D).
+# GPT-2 name prefix <-> mtlm_gpt name prefix ({} is the layer), and whether GPT-2 stores the weight transposed
+# (Conv1D). GPT-2's fused c_attn maps to `self_attn.qkv.`, which mtlm_gpt holds as q_proj, k_proj and v_proj.
 _GPT2_NAMES = [
     ("transformer.wte.", "model.embed_tokens.", False),
     ("transformer.wpe.", "model.embed_positions.", False),
     ("transformer.ln_f.", "model.norm.", False),
     ("transformer.h.{}.ln_1.", "model.layers.{}.input_layernorm.", False),
     ("transformer.h.{}.ln_2.", "model.layers.{}.post_attention_layernorm.", False),
-    ("transformer.h.{}.attn.c_attn.", "model.layers.{}.self_attn.qkv_proj.", True),
+    ("transformer.h.{}.attn.c_attn.", "model.layers.{}.self_attn.qkv.", True),
     ("transformer.h.{}.attn.c_proj.", "model.layers.{}.self_attn.o_proj.", True),
     ("transformer.h.{}.mlp.c_fc.", "model.layers.{}.mlp.up_proj.", True),
     ("transformer.h.{}.mlp.c_proj.", "model.layers.{}.mlp.down_proj.", True),
     ("lm_head.", "lm_head.", False),
 ]
+_ATTENTION_INPUT = re.compile(r"(model\.layers\.\d+\.self_attn\.)(qkv|[qkv]_proj)\.(weight|bias)")
 
 
 def _rename_gpt2(state_dict: dict, to_mtlm: bool) -> dict:
+    if not to_mtlm:
+        state_dict = _join_qkv(state_dict)
     renamed = {}
     for name, tensor in state_dict.items():
         for upstream, ours, conv1d in _GPT2_NAMES:
@@ -145,7 +113,33 @@ def _rename_gpt2(state_dict: dict, to_mtlm: bool) -> dict:
                 break
         else:
             raise ValueError(f"Unexpected weight {name!r} while converting GPT-2; is this a GPT-2 checkpoint?")
-    return renamed
+    return _split_qkv(renamed) if to_mtlm else renamed
+
+
+def _split_qkv(state_dict: dict) -> dict:
+    """`...self_attn.qkv.{weight,bias}` -> q_proj, k_proj, v_proj (GPT-2 has as many kv heads as query heads)."""
+    split = {}
+    for name, tensor in state_dict.items():
+        match = _ATTENTION_INPUT.fullmatch(name)
+        if match and match.group(2) == "qkv":
+            for part, piece in zip("qkv", tensor.chunk(3)):
+                split[f"{match.group(1)}{part}_proj.{match.group(3)}"] = piece
+        else:
+            split[name] = tensor
+    return split
+
+
+def _join_qkv(state_dict: dict) -> dict:
+    """q_proj, k_proj, v_proj -> `...self_attn.qkv.{weight,bias}`."""
+    joined = {}
+    for name, tensor in state_dict.items():
+        match = _ATTENTION_INPUT.fullmatch(name)
+        if not match:
+            joined[name] = tensor
+        elif match.group(2) == "q_proj":
+            prefix, kind = match.group(1), match.group(3)
+            joined[f"{prefix}qkv.{kind}"] = torch.cat([state_dict[f"{prefix}{part}_proj.{kind}"] for part in "qkv"])
+    return joined
 
 
 def _llama_to_mtlm(config: LlamaConfig) -> MtlmLlamaConfig:
@@ -242,15 +236,15 @@ def _mtlm_to_gpt2(config: MtlmGPTConfig) -> GPT2Config:
 
 # upstream class -> (its mtlm class, config translation up->mtlm, weights up->mtlm)
 _FROM_UPSTREAM = {
-    LlamaForCausalLM: (MtlmLlamaForCausalLM, _llama_to_mtlm, lambda sd, config: _fuse_llama_layers(sd)),
-    MixtralForCausalLM: (MtlmMoeForCausalLM, _mixtral_to_mtlm, lambda sd, config: _fuse_llama_layers(sd)),
-    GPT2LMHeadModel: (MtlmGPTForCausalLM, _gpt2_to_mtlm, lambda sd, config: _rename_gpt2(sd, to_mtlm=True)),
+    LlamaForCausalLM: (MtlmLlamaForCausalLM, _llama_to_mtlm, _same_names),
+    MixtralForCausalLM: (MtlmMoeForCausalLM, _mixtral_to_mtlm, _same_names),
+    GPT2LMHeadModel: (MtlmGPTForCausalLM, _gpt2_to_mtlm, lambda state_dict: _rename_gpt2(state_dict, to_mtlm=True)),
 }
 # mtlm class -> (its upstream class, config translation mtlm->up, weights mtlm->up)
 _TO_UPSTREAM = {
-    MtlmLlamaForCausalLM: (LlamaForCausalLM, _mtlm_to_llama, _split_llama_layers),
-    MtlmMoeForCausalLM: (MixtralForCausalLM, _mtlm_to_mixtral, _split_llama_layers),
-    MtlmGPTForCausalLM: (GPT2LMHeadModel, _mtlm_to_gpt2, lambda sd, config: _rename_gpt2(sd, to_mtlm=False)),
+    MtlmLlamaForCausalLM: (LlamaForCausalLM, _mtlm_to_llama, _same_names),
+    MtlmMoeForCausalLM: (MixtralForCausalLM, _mtlm_to_mixtral, _same_names),
+    MtlmGPTForCausalLM: (GPT2LMHeadModel, _mtlm_to_gpt2, lambda state_dict: _rename_gpt2(state_dict, to_mtlm=False)),
 }
 
 
@@ -262,7 +256,7 @@ def _convert(model: PreTrainedModel, table: dict, direction: str) -> PreTrainedM
     target_class, translate_config, translate_weights = entry
     config = translate_config(model.config)
     converted = target_class(config).to(model.dtype)
-    converted.load_state_dict(translate_weights(model.state_dict(), model.config), strict=True)
+    converted.load_state_dict(translate_weights(model.state_dict()), strict=True)
     converted.generation_config = model.generation_config
     return converted.eval() if not model.training else converted
 

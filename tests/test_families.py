@@ -135,7 +135,7 @@ def test_init_is_normal_with_initializer_range_and_optional_residual_scaling(fam
     embedding = plain.model.embed_tokens.weight
     assert embedding.std().item() == pytest.approx(std, rel=0.1)
     layer: MtlmDecoderLayer = plain.model.layers[0]
-    assert layer.self_attn.qkv_proj.weight.std().item() == pytest.approx(std, rel=0.1)
+    assert layer.self_attn.q_proj.weight.std().item() == pytest.approx(std, rel=0.1)
     assert layer.self_attn.o_proj.weight.std().item() == pytest.approx(std, rel=0.1)
     assert torch.all(layer.input_layernorm.weight == 1)
     residual_std = std / math.sqrt(2 * layers)
@@ -143,7 +143,7 @@ def test_init_is_normal_with_initializer_range_and_optional_residual_scaling(fam
     assert scaled_layer.self_attn.o_proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
     down = next(p for n, p in scaled_layer.mlp.named_parameters() if n.endswith("down_proj") or n.endswith("down_proj.weight"))
     assert down.std().item() == pytest.approx(residual_std, rel=0.1)
-    assert scaled_layer.self_attn.qkv_proj.weight.std().item() == pytest.approx(std, rel=0.1)
+    assert scaled_layer.self_attn.q_proj.weight.std().item() == pytest.approx(std, rel=0.1)
 
 
 def test_loading_does_not_reinitialise_weights(family, tmp_path):

@@ -15,7 +15,6 @@ class MtlmGPTModel(MtlmModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(
             [MtlmDecoderLayer(config, i, MtlmMLP(config)) for i in range(config.num_hidden_layers)]
         )

@@ -23,7 +23,6 @@ class MtlmLlamaModel(MtlmModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(
             [MtlmDecoderLayer(config, i, self.mlp_class(config)) for i in range(config.num_hidden_layers)]
         )

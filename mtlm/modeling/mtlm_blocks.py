@@ -150,7 +150,7 @@ def residual_init_std(config) -> float:
 
 
 class MtlmAttention(nn.Module):
-    """Causal multi-head attention with grouped kv heads, one fused qkv projection and optional rotary embeddings.
+    """Causal multi-head attention with grouped kv heads and optional rotary embeddings.
 
     Dispatches to `config._attn_implementation` (eager, sdpa, flash_attention_2, flex_attention, ...)."""
 
@@ -159,17 +159,16 @@ class MtlmAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
-        self.num_heads = config.num_attention_heads
-        self.num_key_value_heads = config.num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
-        qkv_size = (self.num_heads + 2 * self.num_key_value_heads) * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=config.attention_bias)
-        self.o_proj = residual_projection(
-            nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
-        )
+        query_size = config.num_attention_heads * self.head_dim
+        key_value_size = config.num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, query_size, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, key_value_size, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, key_value_size, bias=config.attention_bias)
+        self.o_proj = residual_projection(nn.Linear(query_size, config.hidden_size, bias=config.attention_bias))
 
     def forward(
         self,
@@ -181,10 +180,10 @@ class MtlmAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden) and the attention weights if eager."""
         input_shape = hidden_states.shape[:-1]
-        qkv = self.qkv_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        query_states, key_states, value_states = qkv.split(
-            [self.num_heads, self.num_key_value_heads, self.num_key_value_heads], dim=1
-        )
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -209,11 +208,12 @@ class MtlmAttention(nn.Module):
 
 
 class MtlmGatedMLP(nn.Module):
-    """SwiGLU: down(act(gate(x)) * up(x)), with gate and up fused into one projection."""
+    """SwiGLU: down(act(gate(x)) * up(x))."""
 
     def __init__(self, config):
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = residual_projection(
             nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         )
@@ -221,8 +221,7 @@ class MtlmGatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden) -> (..., hidden)."""
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class MtlmMLP(nn.Module):
@@ -241,6 +240,11 @@ class MtlmMLP(nn.Module):
         return self.down_proj(self.act_fn(self.up_proj(x)))
 
 
+def residual_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # A plain function rather than an nn.Dropout module: without dropout (inference, p=0) it costs nothing per token.
+    return nn.functional.dropout(hidden_states, p, training) if training and p else hidden_states
+
+
 class MtlmDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))). The MLP is the family's."""
 
@@ -250,7 +254,7 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
         self.mlp = mlp
         self.input_layernorm = make_norm(config)
         self.post_attention_layernorm = make_norm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.hidden_dropout = config.hidden_dropout
 
     def forward(
         self,
@@ -268,8 +272,9 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
             past_key_values=past_key_values,
             **kwargs,
         )
-        hidden_states = hidden_states + self.dropout(attn_output)
-        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+        hidden_states = hidden_states + residual_dropout(attn_output, self.hidden_dropout, self.training)
+        mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + residual_dropout(mlp_output, self.hidden_dropout, self.training)
 
 
 def code_files(*classes: type) -> list[str]:
@@ -341,9 +346,9 @@ class MtlmModel(MtlmPreTrainedModel):
     def check_input_ids(self, input_ids: torch.Tensor) -> None:
         # An out-of-range id would otherwise fail deep inside nn.Embedding (or assert on the GPU).
         vocab_size = self.config.vocab_size
-        outside = (input_ids < 0) | (input_ids >= vocab_size)
-        if outside.any():
-            bad = sorted(set(input_ids[outside].tolist()))[:8]
+        lowest, highest = torch.aminmax(input_ids)
+        if lowest < 0 or highest >= vocab_size:
+            bad = sorted(set(input_ids[(input_ids < 0) | (input_ids >= vocab_size)].tolist()))[:8]
             raise ValueError(
                 f"input_ids hold ids {bad} outside the vocabulary [0, {vocab_size}) of this model: use the tokenizer "
                 "the model was trained with, or resize the embeddings with model.resize_token_embeddings()."
@@ -369,7 +374,7 @@ class MtlmModel(MtlmPreTrainedModel):
             if not torch.compiler.is_compiling():
                 self.check_input_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
+        if use_cache and past_key_values is None and not self.training:  # a cache only serves decoding
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -384,7 +389,7 @@ class MtlmModel(MtlmPreTrainedModel):
             position_ids=position_ids,
         )
         hidden_states, position_embeddings = self.apply_positions(inputs_embeds, position_ids)
-        hidden_states = self.dropout(hidden_states)
+        hidden_states = residual_dropout(hidden_states, self.config.hidden_dropout, self.training)
         for decoder_layer in self.layers:
             hidden_states = decoder_layer(
                 hidden_states,
