@@ -9,6 +9,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mtlm", "mtlm.*"]),
+    package_data={"mtlm.data": ["corpora/*.txt"]},
     python_requires=">=3.10",
     # torch is installed first as `pip install torch==2.13.0`; any range that version satisfies installs nothing more.
     install_requires=[
@@ -17,6 +18,7 @@ setup(
         "accelerate>=1.0",
         "safetensors>=0.4",
         "tokenizers>=0.21",
+        "datasets>=3.0",
         "huggingface_hub>=1.0",
         "pyyaml>=6.0",
         "tqdm>=4.60",

@@ -5,6 +5,15 @@ import sys
 
 from .configuration.presets import PRESETS, count_parameters
 from .convert import convert_folder
+from .data import arithmetic
+from .data.tokenization import (
+    arithmetic_tokenizer,
+    bpe_tokenizer,
+    byte_tokenizer,
+    char_tokenizer,
+    read_corpus,
+)
+from .files import atomic_folder
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -24,6 +33,28 @@ def _presets(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     direction = convert_folder(args.source, args.destination, to=args.to, overwrite=args.overwrite)
     print(f"Wrote {direction} checkpoint to {args.destination}")
+
+
+def _tokenizer(args: argparse.Namespace) -> None:
+    if args.kind == "arithmetic":
+        tokenizer = arithmetic_tokenizer()
+    elif args.kind == "byte":
+        tokenizer = byte_tokenizer()
+    elif args.kind == "char":
+        tokenizer = char_tokenizer([read_corpus(args.input)])
+    else:
+        tokenizer = bpe_tokenizer([read_corpus(args.input)], args.vocab_size)
+    with atomic_folder(args.out, overwrite=args.overwrite) as staging:
+        tokenizer.save_pretrained(staging)
+    print(f"Wrote the {args.kind} tokenizer ({len(tokenizer)} ids) to {args.out}")
+
+
+def _data_arithmetic(args: argparse.Namespace) -> None:
+    counts = arithmetic.write_splits(
+        args.out_dir, n_samples=args.n_samples, n_operands=args.N, low=args.A, high=args.B, ops=args.ops,
+        seed=args.seed,
+    )
+    print(f"Wrote {', '.join(f'{name}.jsonl ({count:,})' for name, count in counts.items())} to {args.out_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +81,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--overwrite", action="store_true", help="replace DESTINATION if it exists")
     convert.set_defaults(handler=_convert)
+
+    tokenizer = commands.add_parser(
+        "tokenizer", help="write a tokenizer folder (arithmetic, byte, char or bpe)",
+        description="Write a tokenizer as a folder that AutoTokenizer loads anywhere (plain tokenizers JSON).",
+    )
+    kinds = tokenizer.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, help_text in [
+        ("arithmetic", "MLM's 18 ids: <pad> 0, <bos> 1, <eos> 2, digits 3-12, + - * / 13-16, = 17"),
+        ("byte", "one id per UTF-8 byte, then <pad> <bos> <eos>; lossless for any text"),
+        ("char", "one id per character of --input, plus <pad> <bos> <eos> <unk>"),
+        ("bpe", "byte-level BPE trained on --input to --vocab-size ids"),
+    ]:
+        command = kinds.add_parser(kind, help=help_text, description=help_text)
+        if kind in ("char", "bpe"):
+            command.add_argument("--input", required=True, help="UTF-8 text file to learn the vocabulary from")
+        if kind == "bpe":
+            command.add_argument("--vocab-size", type=int, required=True, help="ids in all, specials included")
+        command.add_argument("--out", required=True, help="folder to write")
+        command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        command.set_defaults(handler=_tokenizer)
+
+    data = commands.add_parser("data", help="generate datasets", description="Generate datasets.")
+    generators = data.add_subparsers(dest="generator", required=True, metavar="GENERATOR")
+    arith = generators.add_parser(
+        "arithmetic", help="MLM's synthetic arithmetic task as train/val/test JSONL (80/10/10)",
+        description="Write train.jsonl, val.jsonl and test.jsonl (80/10/10) of unique expressions, evaluated left "
+        "to right, division only where exact, e.g. {\"prompt\": \"554+456=\", \"target\": \"1010\", "
+        "\"text\": \"<bos>554+456=1010<eos>\"}.",
+    )
+    arith.add_argument("--out_dir", "--out-dir", required=True, help="folder for the three files")
+    arith.add_argument("--n_samples", "--n-samples", type=int, default=70000, help="unique expressions (70000)")
+    arith.add_argument("--N", type=int, default=2, help="operands per expression (2)")
+    arith.add_argument("--A", type=int, default=0, help="smallest operand (0)")
+    arith.add_argument("--B", type=int, default=999, help="largest operand (999)")
+    arith.add_argument("--ops", nargs="+", default=["+"], help="operators: + - '*' / as separate arguments or +-*/")
+    arith.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    arith.set_defaults(handler=_data_arithmetic)
     return parser
 
 

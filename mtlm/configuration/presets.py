@@ -154,7 +154,7 @@ PRESETS = {
             "mtlm_gpt",
             "Tiny-LM Transformer on Tiny Shakespeare characters: d128, 4 heads, 4 layers, MLP 4x, GELU, tied, context 128",
             dict(
-                vocab_size=68,
+                vocab_size=69,  # the char tokenizer of Tiny Shakespeare: 65 characters and 4 specials
                 hidden_size=128,
                 num_attention_heads=4,
                 num_hidden_layers=4,

@@ -1,0 +1,108 @@
+"""MLM's synthetic arithmetic task: `{"prompt": "554+456=", "target": "1010", "text": "<bos>554+456=1010<eos>"}`.
+
+Expressions of `n_operands` integers drawn uniformly from [low, high] and operators from `ops`, evaluated left to
+right as a running total (no precedence); division only where it is exact; negative results allowed. Prompts are
+unique, so no prompt appears in two splits.
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+OPERATORS = "+-*/"
+SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def parse_ops(ops: list[str] | str) -> str:
+    """Operators given as separate arguments (`+ - '*' /`) or run together (`+-*/`), in the seed's order."""
+    chosen = set("".join(ops).replace(" ", "").replace(",", ""))
+    unknown = chosen - set(OPERATORS)
+    if unknown or not chosen:
+        raise ValueError(f"--ops takes operators from {' '.join(OPERATORS)}; got {''.join(ops)!r}.")
+    return "".join(op for op in OPERATORS if op in chosen)
+
+
+def evaluate(operands: list[int], operators: str) -> int | None:
+    """Left-to-right running total; None where a division is not exact (or by zero)."""
+    total = operands[0]
+    for operator, operand in zip(operators, operands[1:]):
+        if operator == "+":
+            total += operand
+        elif operator == "-":
+            total -= operand
+        elif operator == "*":
+            total *= operand
+        elif operand == 0 or total % operand:
+            return None
+        else:
+            total //= operand
+    return total
+
+
+def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999, ops: str = "+",
+             seed: int = 0) -> list[dict]:
+    """`n_samples` unique examples; a ValueError before any work when the range cannot hold that many."""
+    if n_operands < 2:
+        raise ValueError(f"--N (operands per expression) must be at least 2, got {n_operands}.")
+    if low < 0 or high < low:
+        raise ValueError(f"Operands are written without a sign: need 0 <= --A <= --B, got A={low}, B={high}.")
+    ops = parse_ops(ops)
+    possible = (high - low + 1) ** n_operands * len(ops) ** (n_operands - 1)
+    if n_samples > possible:
+        raise ValueError(
+            f"Cannot draw {n_samples:,} unique expressions: {n_operands} operands in [{low}, {high}] with "
+            f"operators {ops!r} allow at most {possible:,}. Widen the range, add operands or ask for fewer samples."
+        )
+    rng = random.Random(seed)
+    seen, examples = set(), []
+    attempts, max_attempts = 0, 50 * n_samples + 1000
+    while len(examples) < n_samples:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"Found only {len(examples):,} unique valid expressions of the {n_samples:,} asked for (exact "
+                f"division rules out most of this range): widen the range or ask for fewer samples."
+            )
+        operands = [rng.randint(low, high) for _ in range(n_operands)]
+        operators = "".join(rng.choice(ops) for _ in range(n_operands - 1))
+        prompt = "".join(f"{a}{op}" for a, op in zip(operands, operators)) + f"{operands[-1]}="
+        if prompt in seen:
+            continue
+        result = evaluate(operands, operators)
+        if result is None:
+            continue
+        seen.add(prompt)
+        examples.append({"prompt": prompt, "target": str(result), "text": f"<bos>{prompt}{result}<eos>"})
+    return examples
+
+
+def split(examples: list[dict]) -> dict[str, list[dict]]:
+    """80/10/10 in generation order (already random); the prompts are unique, so the splits are disjoint."""
+    n_train = int(SPLITS["train"] * len(examples))
+    n_val = int(SPLITS["val"] * len(examples))
+    return {
+        "train": examples[:n_train],
+        "val": examples[n_train : n_train + n_val],
+        "test": examples[n_train + n_val :],
+    }
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows to `path` through a temporary file, so a good file is never replaced by a partial one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    os.replace(partial, path)
+
+
+def write_splits(out_dir: str | os.PathLike, **generate_kwargs) -> dict[str, int]:
+    """Generate and write train.jsonl, val.jsonl and test.jsonl; returns the row count of each."""
+    splits = split(generate(**generate_kwargs))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        write_jsonl(out_dir / f"{name}.jsonl", rows)
+    return {name: len(rows) for name, rows in splits.items()}

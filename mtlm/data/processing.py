@@ -1,0 +1,142 @@
+"""From text datasets to training examples, with `Dataset.map(batched=True, num_proc=...)` so that `datasets` caches
+every step by fingerprint: a changed tokenizer or block size recomputes, an unchanged one reloads.
+
+- corpora: tokenize, then pack into fixed blocks of `block_size` tokens (labels = input ids; the model shifts);
+- prompt/target data: one example per sequence, labels -100 on the prompt (everything up to and including the last
+  "=", as MLM's `make_loss_mask`) and, after collation, on padding.
+"""
+
+import os
+
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+
+from .sources import require_text
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    try:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    except Exception as error:  # tokenizers raises a bare Exception for text its vocabulary cannot encode
+        if tokenizer.unk_token is not None:
+            raise
+        bad = next((text for text in texts if not _encodable(tokenizer, text)), texts[0])
+        raise ValueError(
+            f"The tokenizer cannot encode {bad[:60]!r}: it has no unknown token and this text holds characters "
+            f"outside its vocabulary ({error}). Use a tokenizer built for this data (char, byte or bpe)."
+        ) from None
+
+
+def _encodable(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    try:
+        tokenizer(text, add_special_tokens=False)
+    except Exception:
+        return False
+    return True
+
+
+def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, column: str, append_eos: bool) -> dict:
+    ids = _encode(tokenizer, batch[column])
+    if append_eos:
+        ids = [sequence + [tokenizer.eos_token_id] for sequence in ids]
+    return {"input_ids": ids}
+
+
+def tokenize(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    column: str = "text",
+    append_eos: bool = False,
+    num_proc: int | None = None,
+) -> Dataset:
+    """Token ids of every row's text. `append_eos` ends each row (document) with eos; leave it off for a corpus
+    split into lines, whose rows join back into one running text."""
+    require_text(dataset, column)
+    _allow_tokenizer_in_workers(num_proc)
+    return dataset.map(
+        _tokenize_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "column": column, "append_eos": append_eos},
+        desc="Tokenizing",
+    )
+
+
+def _pack_batch(batch: dict, block_size: int) -> dict:
+    stream = [token for sequence in batch["input_ids"] for token in sequence]
+    usable = len(stream) - len(stream) % block_size
+    blocks = [stream[start : start + block_size] for start in range(0, usable, block_size)]
+    return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+
+
+def pack(dataset: Dataset, block_size: int, num_proc: int | None = None, batch_size: int = 1000) -> Dataset:
+    """Concatenate the token stream and cut it into blocks of `block_size` (the tail of each map batch that does not
+    fill a block is dropped: at most block_size - 1 tokens per `batch_size` rows)."""
+    if block_size <= 0:
+        raise ValueError(f"block_size must be a positive number of tokens, got {block_size}.")
+    return dataset.map(
+        _pack_batch,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        fn_kwargs={"block_size": block_size},
+        desc=f"Packing into blocks of {block_size}",
+    )
+
+
+def check_block_size(block_size: int, config) -> None:
+    """A block must fit the model's context when its positions are learned (RoPE models extrapolate, but training
+    past `max_position_embeddings` still exceeds what the config promises)."""
+    limit = config.max_position_embeddings
+    if block_size > limit:
+        raise ValueError(
+            f"block_size={block_size} is larger than the model's context (max_position_embeddings={limit}): "
+            f"set the block size to at most {limit}, or build the model with a longer context."
+        )
+
+
+def _prompt_target_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, separator_id: int) -> dict:
+    ids = _encode(tokenizer, batch["text"])
+    labels = []
+    for sequence in ids:
+        if separator_id not in sequence:
+            raise ValueError(f"An example has no answer separator (id {separator_id}): {tokenizer.decode(sequence)!r}")
+        answer_start = len(sequence) - sequence[::-1].index(separator_id)
+        labels.append([-100] * answer_start + sequence[answer_start:])
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_prompt_target(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, separator: str = "=", num_proc: int | None = None
+) -> Dataset:
+    """One example per row of `text` (e.g. "<bos>554+456=1010<eos>"): loss only on the tokens after the last
+    `separator` — the answer and eos."""
+    require_text(dataset)
+    separator_id = tokenizer.convert_tokens_to_ids(separator)
+    if separator_id is None or separator_id == tokenizer.unk_token_id:
+        raise ValueError(f"The tokenizer has no token {separator!r} to mark where the answer starts.")
+    _allow_tokenizer_in_workers(num_proc)
+    return dataset.map(
+        _prompt_target_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "separator_id": separator_id},
+        desc="Tokenizing prompt/target pairs",
+    )
+
+
+def collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> DataCollatorForSeq2Seq:
+    """Pads input ids with the tokenizer's pad id (on its padding side, right for mtlm's tokenizers), labels with
+    -100, and builds the attention mask."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token before batching.")
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
+
+
+def _allow_tokenizer_in_workers(num_proc: int | None) -> None:
+    # Forked map workers each run the Rust tokenizer; its own thread pool must stay off there to avoid deadlocks.
+    if num_proc and num_proc > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,80 @@
+"""Text sources as `datasets.DatasetDict`s with a "text" column: the bundled Tiny Shakespeare, local text / JSONL /
+parquet files, and Hub datasets. Everything goes through `datasets.load_dataset`, so later `map` steps are cached
+by fingerprint."""
+
+import os
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+TINY_SHAKESPEARE = Path(__file__).parent / "corpora" / "tinyshakespeare.txt"
+LOCAL_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _lines(batch: dict) -> dict:
+    return {"text": [line for text in batch["text"] for line in text.splitlines(keepends=True)]}
+
+
+def contiguous_splits(path: str | os.PathLike, fractions: dict[str, float]) -> DatasetDict:
+    """Split one text file by characters into contiguous parts, in order: {"train": 0.9, "validation": 0.1} takes
+    the first 90% of the characters for training and the rest for validation. Each split holds the lines of its part
+    (line breaks kept), so concatenating a split's rows gives its exact text."""
+    if abs(sum(fractions.values()) - 1.0) > 1e-9 or any(f <= 0 for f in fractions.values()):
+        raise ValueError(f"Split fractions must be positive and sum to 1, got {fractions}.")
+    document = _load_local(path, sample_by="document")["train"]
+    length = len(document[0]["text"])
+    splits, start, cumulative = {}, 0, 0.0
+    for name, fraction in fractions.items():
+        cumulative += fraction
+        end = length if abs(cumulative - 1.0) < 1e-9 else int(cumulative * length)
+        splits[name] = document.map(
+            lambda batch, start=start, end=end: _lines({"text": [text[start:end] for text in batch["text"]]}),
+            batched=True,
+            desc=f"{name} characters {start:,}-{end:,}",
+        )
+        start = end
+    return DatasetDict(splits)
+
+
+def _load_local(path: str | os.PathLike, **kwargs) -> DatasetDict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No data file at {path}: pass an existing .txt, .jsonl or .parquet file.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"The data file {path} is empty.")
+    builder = LOCAL_FORMATS.get(path.suffix)
+    if builder is None:
+        raise ValueError(f"Cannot tell the format of {path}: use a {', '.join(LOCAL_FORMATS)} file.")
+    if builder == "text":
+        kwargs.setdefault("keep_linebreaks", True)
+    else:
+        kwargs.pop("sample_by", None)
+    return load_dataset(builder, data_files=str(path), **kwargs)
+
+
+def load_local_files(files: dict[str, str | os.PathLike]) -> DatasetDict:
+    """One split per file, e.g. {"train": "train.jsonl", "validation": "val.jsonl"} (text, JSONL or parquet)."""
+    return DatasetDict({split: _load_local(path)["train"] for split, path in files.items()})
+
+
+def load_hub_dataset(name: str, config: str | None = None, splits: dict[str, str] | None = None) -> DatasetDict:
+    """A dataset from the Hugging Face Hub (needs the network, or the datasets cache), renaming its splits by
+    `splits` ({our name: its split}, default: as they are)."""
+    loaded = load_dataset(name, config)
+    if splits is None:
+        return loaded
+    missing = [their for their in splits.values() if their not in loaded]
+    if missing:
+        raise ValueError(f"{name} has no split(s) {missing}; it has {list(loaded)}.")
+    return DatasetDict({ours: loaded[their] for ours, their in splits.items()})
+
+
+def tiny_shakespeare(train_fraction: float = 0.9) -> DatasetDict:
+    """The bundled Tiny Shakespeare (karpathy/char-rnn, public domain): the first `train_fraction` of the characters
+    for training, the rest for validation."""
+    return contiguous_splits(TINY_SHAKESPEARE, {"train": train_fraction, "validation": 1.0 - train_fraction})
+
+
+def require_text(dataset: Dataset, column: str = "text") -> None:
+    if column not in dataset.column_names:
+        raise ValueError(f"The dataset has no {column!r} column (it has {dataset.column_names}): name the text column.")

@@ -1,0 +1,98 @@
+"""The tokenizers mtlm trains with, each a `PreTrainedTokenizerFast` over a plain `tokenizers` JSON, so that
+`AutoTokenizer.from_pretrained(folder)` loads them anywhere, without mtlm and without remote code.
+
+- arithmetic: MLM's 18 ids (<pad> 0, <bos> 1, <eos> 2, digits 3-12, + - * / 13-16, = 17);
+- byte: one id per UTF-8 byte (0-255), then the specials; lossless for any text;
+- char: one id per character of a corpus, plus specials and <unk>;
+- bpe: byte-level BPE trained with tokenizers' BpeTrainer.
+"""
+
+import os
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+ARITHMETIC_SYMBOLS = [str(digit) for digit in range(10)] + ["+", "-", "*", "/", "="]
+_EACH_CHARACTER = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+
+
+def _wrap(tokenizer: Tokenizer, unk: bool = False) -> PreTrainedTokenizerFast:
+    """Give a `tokenizers` object the transformers interface, with mtlm's special tokens."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK if unk else None,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def arithmetic_tokenizer() -> PreTrainedTokenizerFast:
+    """MLM's synthetic-arithmetic vocabulary, ids exactly as the seed fixes them. It has no unknown token: text with
+    other characters fails to encode."""
+    vocab = {token: index for index, token in enumerate([PAD, BOS, EOS, *ARITHMETIC_SYMBOLS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tokenizer.pre_tokenizer = _EACH_CHARACTER
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([PAD, BOS, EOS])
+    return _wrap(tokenizer)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One id per UTF-8 byte (id = byte value), then <pad>, <bos>, <eos>. Every text round-trips."""
+    # ByteLevel stands each byte for a printable character (GPT-2's map); the id of that character is the byte.
+    vocab = {symbol: byte for byte, symbol in bytes_to_unicode().items()}
+    tokenizer = Tokenizer(models.BPE(vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([PAD, BOS, EOS])
+    return _wrap(tokenizer)
+
+
+def char_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """<pad>, <bos>, <eos>, <unk>, then every character of `texts` in sorted order."""
+    characters = set()
+    for text in texts:
+        characters.update(text)
+    if not characters:
+        raise ValueError("The corpus is empty: a character tokenizer needs at least one character of text.")
+    vocab = {token: index for index, token in enumerate([PAD, BOS, EOS, UNK, *sorted(characters)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = _EACH_CHARACTER
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([PAD, BOS, EOS, UNK])
+    return _wrap(tokenizer, unk=True)
+
+
+def bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2's scheme) trained on `texts` with `tokenizers`' trainer. Every text round-trips."""
+    minimum = 256 + 3
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs at least {minimum} "
+                         "(256 bytes and 3 special tokens).")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tokenizer)
+
+
+def read_corpus(path: str | os.PathLike) -> str:
+    """The text of a corpus file, with a clear error for a missing or empty one."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No corpus file at {path}: pass the path of a UTF-8 text file.")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if not text:
+        raise ValueError(f"The corpus {path} is empty: a tokenizer needs text to learn from.")
+    return text

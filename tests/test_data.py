@@ -1,0 +1,227 @@
+"""Tokenizers, text sources, tokenizing and packing through `datasets`, prompt/target masking, collation and the
+synthetic arithmetic generator."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_config
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from mtlm.cli import main as mtlm_main
+from mtlm.data import arithmetic
+from mtlm.data.processing import check_block_size, collator, pack, tokenize, tokenize_prompt_target
+from mtlm.data.sources import TINY_SHAKESPEARE, contiguous_splits, load_local_files, tiny_shakespeare
+from mtlm.data.tokenization import arithmetic_tokenizer, bpe_tokenizer, byte_tokenizer, char_tokenizer
+
+HARD_TEXTS = [
+    "plain ascii",
+    "  leading and   inner   runs of spaces  ",
+    "new\nlines\n\n\nand\ttabs\r\n",
+    "ünïcödé — ½ ∑ 漢字 🙂🚀",
+    "",
+]
+CORPUS = "".join(HARD_TEXTS) + "To be, or not to be, that is the question.\n" * 20
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+def test_decode_inverts_encode_on_any_text_the_tokenizer_covers(kind):
+    tokenizer = {"byte": byte_tokenizer, "char": lambda: char_tokenizer([CORPUS]),
+                 "bpe": lambda: bpe_tokenizer([CORPUS], 300)}[kind]()
+    for text in HARD_TEXTS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+    assert tokenizer.unk_token_id is None or tokenizer.unk_token_id not in tokenizer(CORPUS)["input_ids"]
+
+
+def test_byte_tokenizer_gives_each_byte_its_value():
+    tokenizer = byte_tokenizer()
+    text = "aé\n🙂"
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == list(text.encode("utf-8"))
+    assert len(tokenizer) == 259 and tokenizer.pad_token_id == 256
+
+
+def test_char_tokenizer_maps_unseen_characters_to_unk():
+    tokenizer = char_tokenizer(["abc"])
+    assert len(tokenizer) == 4 + 3
+    assert tokenizer("abz", add_special_tokens=False)["input_ids"][-1] == tokenizer.unk_token_id
+
+
+def test_arithmetic_tokenizer_has_the_seed_ids():
+    tokenizer = arithmetic_tokenizer()
+    expected = ["<pad>", "<bos>", "<eos>", *"0123456789", "+", "-", "*", "/", "="]
+    assert tokenizer.convert_ids_to_tokens(list(range(18))) == expected
+    ids = tokenizer("<bos>554+456=1010<eos>")["input_ids"]
+    assert ids == [1, 8, 8, 7, 13, 7, 8, 9, 17, 4, 3, 4, 3, 2]
+    assert tokenizer.decode(ids) == "<bos>554+456=1010<eos>"
+
+
+def test_tokenizer_folders_load_with_autotokenizer_without_mtlm(tmp_path):
+    for kind in ("arithmetic", "byte"):
+        mtlm_main(["tokenizer", kind, "--out", str(tmp_path / kind)])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    mtlm_main(["tokenizer", "char", "--input", str(corpus), "--out", str(tmp_path / "char")])
+    mtlm_main(["tokenizer", "bpe", "--input", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "bpe")])
+    expected = {kind: AutoTokenizer.from_pretrained(tmp_path / kind)("12+3=45")["input_ids"]
+                for kind in ("arithmetic", "byte", "char", "bpe")}
+    script = (
+        "import sys, json\nsys.modules['mtlm'] = None\nfrom transformers import AutoTokenizer\n"
+        "print(json.dumps({k: AutoTokenizer.from_pretrained(sys.argv[1] + '/' + k)('12+3=45')['input_ids'] "
+        "for k in ('arithmetic', 'byte', 'char', 'bpe')}))"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    for kind in expected:
+        assert "auto_map" not in json.loads((tmp_path / kind / "tokenizer_config.json").read_text())
+
+
+def test_tokenizer_command_errors_name_the_cause(tmp_path):
+    with pytest.raises(SystemExit, match="No corpus file at"):
+        mtlm_main(["tokenizer", "char", "--input", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "t")])
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(SystemExit, match="is empty"):
+        mtlm_main(["tokenizer", "bpe", "--input", str(tmp_path / "empty.txt"), "--vocab-size", "300",
+                   "--out", str(tmp_path / "t")])
+    (tmp_path / "some.txt").write_text("some text")
+    with pytest.raises(SystemExit, match="vocab_size=100 is too small"):
+        mtlm_main(["tokenizer", "bpe", "--input", str(tmp_path / "some.txt"), "--vocab-size", "100",
+                   "--out", str(tmp_path / "t")])
+    assert not (tmp_path / "t").exists()
+
+
+def test_tiny_shakespeare_splits_are_the_first_90_and_last_10_percent_of_characters():
+    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")
+    splits = tiny_shakespeare()
+    train, validation = ("".join(splits[name]["text"]) for name in ("train", "validation"))
+    cut = int(0.9 * len(text))
+    assert train == text[:cut] and validation == text[cut:]
+
+
+def test_local_text_jsonl_and_parquet_files_load(tmp_path):
+    (tmp_path / "a.txt").write_text("line one\nline two\n")
+    rows = [{"text": "first doc"}, {"text": "second doc"}]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "c.parquet"))
+    loaded = load_local_files({"train": tmp_path / "a.txt", "validation": tmp_path / "b.jsonl",
+                               "test": tmp_path / "c.parquet"})
+    assert list(loaded["train"]["text"]) == ["line one\n", "line two\n"]
+    assert list(loaded["validation"]["text"]) == list(loaded["test"]["text"]) == ["first doc", "second doc"]
+    with pytest.raises(FileNotFoundError, match="No data file at"):
+        load_local_files({"train": tmp_path / "nope.txt"})
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_local_files({"train": tmp_path / "empty.txt"})
+
+
+def _small_corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS, encoding="utf-8")
+    return contiguous_splits(path, {"train": 0.8, "validation": 0.2})
+
+
+def test_packing_cuts_the_token_stream_into_full_blocks(tmp_path):
+    splits = _small_corpus(tmp_path)
+    tokenizer = byte_tokenizer()
+    ids = tokenize(splits["train"], tokenizer)
+    stream = [token for row in ids["input_ids"] for token in row]
+    assert tokenizer.decode(stream) == "".join(splits["train"]["text"])
+    blocks = pack(ids, 16)
+    assert all(len(block) == 16 for block in blocks["input_ids"])
+    assert list(blocks["labels"]) == list(blocks["input_ids"])
+    assert [token for block in blocks["input_ids"] for token in block] == stream[: len(blocks) * 16]
+    assert len(stream) - len(blocks) * 16 < 16
+
+
+def test_tokenize_and_pack_are_cached_by_fingerprint(tmp_path):
+    splits = _small_corpus(tmp_path)
+    first = tokenize(splits["train"], byte_tokenizer())
+    again = tokenize(splits["train"], byte_tokenizer())
+    assert first.cache_files and again.cache_files == first.cache_files
+    assert again._fingerprint == first._fingerprint
+    other_tokenizer = tokenize(splits["train"], char_tokenizer([CORPUS]))
+    assert other_tokenizer._fingerprint != first._fingerprint
+    assert pack(first, 16)._fingerprint == pack(again, 16)._fingerprint != pack(first, 32)._fingerprint
+
+
+def test_parallel_tokenization_matches_serial(tmp_path):
+    splits = _small_corpus(tmp_path)
+    serial = tokenize(splits["train"], byte_tokenizer(), num_proc=1)
+    parallel = tokenize(splits["train"], byte_tokenizer(), num_proc=2)
+    assert list(parallel["input_ids"]) == list(serial["input_ids"])
+
+
+def test_prompt_target_labels_only_the_answer_and_the_collator_pads():
+    rows = [{"text": "<bos>1+2=3<eos>"}, {"text": "<bos>7-9*2=-4<eos>"}]
+    tokenizer = arithmetic_tokenizer()
+    examples = tokenize_prompt_target(Dataset.from_list(rows), tokenizer)
+    assert examples[0]["labels"] == [-100] * 5 + tokenizer("3<eos>", add_special_tokens=False)["input_ids"]
+    assert examples[1]["labels"] == [-100] * 7 + tokenizer("-4<eos>", add_special_tokens=False)["input_ids"]
+    batch = collator(tokenizer)([examples[0], examples[1]])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, 10)
+    assert batch["attention_mask"][0].tolist() == [1] * 7 + [0] * 3
+    assert batch["input_ids"][0, 7:].tolist() == [tokenizer.pad_token_id] * 3
+    assert batch["labels"][0, 7:].tolist() == [-100] * 3
+    assert batch["attention_mask"][1].tolist() == [1] * 10
+
+
+def test_text_the_tokenizer_cannot_encode_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot encode 'twelve plus three'.*no unknown token"):
+        tokenize(Dataset.from_list([{"text": "12+3"}, {"text": "twelve plus three"}]), arithmetic_tokenizer())
+    with pytest.raises(ValueError, match="no 'text' column"):
+        tokenize(Dataset.from_list([{"body": "12"}]), arithmetic_tokenizer())
+
+
+def test_block_size_beyond_the_model_context_is_refused():
+    config = tiny_config("mtlm_gpt", max_position_embeddings=32)
+    check_block_size(32, config)
+    with pytest.raises(ValueError, match="block_size=33 is larger than the model's context"):
+        check_block_size(33, config)
+
+
+def test_arithmetic_is_evaluated_left_to_right_with_exact_division_only():
+    assert arithmetic.evaluate([2, 3, 4], "+*") == 20
+    assert arithmetic.evaluate([3, 5], "-") == -2
+    assert arithmetic.evaluate([12, 4], "/") == 3
+    assert arithmetic.evaluate([7, 2], "/") is None
+    assert arithmetic.evaluate([7, 0], "/") is None
+    for example in arithmetic.generate(300, n_operands=3, ops="+-*/", seed=5):
+        operands = [int(x) for x in example["prompt"][:-1].replace("+", " ").replace("-", " ").replace("*", " ")
+                    .replace("/", " ").split()]
+        operators = "".join(c for c in example["prompt"] if c in "+-*/")
+        assert int(example["target"]) == arithmetic.evaluate(operands, operators)
+        assert example["text"] == f"<bos>{example['prompt']}{example['target']}<eos>"
+
+
+def test_arithmetic_command_writes_disjoint_deterministic_splits(tmp_path):
+    args = ["data", "arithmetic", "--n_samples", "500", "--N", "2", "--A", "0", "--B", "99", "--seed", "7"]
+    mtlm_main([*args, "--out_dir", str(tmp_path / "a"), "--ops", "+", "-", "*", "/"])
+    mtlm_main([*args, "--out_dir", str(tmp_path / "b"), "--ops", "+-*/"])
+    splits = {}
+    for name in ("train", "val", "test"):
+        text = (tmp_path / "a" / f"{name}.jsonl").read_text()
+        assert text == (tmp_path / "b" / f"{name}.jsonl").read_text()
+        splits[name] = [json.loads(line) for line in text.splitlines()]
+    assert [len(rows) for rows in splits.values()] == [400, 50, 50]
+    prompts = [{row["prompt"] for row in rows} for rows in splits.values()]
+    assert sum(len(p) for p in prompts) == len(set.union(*prompts)) == 500
+    everything = [row for rows in splits.values() for row in rows]
+    assert {row["prompt"][:-1].strip("0123456789")[:1] for row in everything} <= set("+-*/")
+    assert any(row["target"].startswith("-") for row in everything)
+    assert not list((tmp_path / "a").glob(".*")), "a partial file was left behind"
+
+
+def test_impossible_arithmetic_requests_fail_before_writing(tmp_path):
+    with pytest.raises(SystemExit, match="allow at most 100"):
+        mtlm_main(["data", "arithmetic", "--out_dir", str(tmp_path / "x"), "--n_samples", "101", "--B", "9"])
+    with pytest.raises(SystemExit, match="--ops takes operators"):
+        mtlm_main(["data", "arithmetic", "--out_dir", str(tmp_path / "x"), "--ops", "^"])
+    with pytest.raises(SystemExit, match="Found only"):
+        mtlm_main(["data", "arithmetic", "--out_dir", str(tmp_path / "x"), "--n_samples", "90", "--B", "9",
+                   "--ops", "/"])
+    assert not (tmp_path / "x").exists()
