@@ -214,6 +214,9 @@ def test_arithmetic_command_writes_disjoint_deterministic_splits(tmp_path):
     assert {row["prompt"][:-1].strip("0123456789")[:1] for row in everything} <= set("+-*/")
     assert any(row["target"].startswith("-") for row in everything)
     assert not list((tmp_path / "a").glob(".*")), "a partial file was left behind"
+    loaded = arithmetic.load_splits(tmp_path / "a")
+    assert {name: len(rows) for name, rows in loaded.items()} == {"train": 400, "validation": 50, "test": 50}
+    assert loaded["test"][0] == splits["test"][0]
 
 
 def test_impossible_arithmetic_requests_fail_before_writing(tmp_path):

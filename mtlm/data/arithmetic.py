@@ -10,6 +10,10 @@ import os
 import random
 from pathlib import Path
 
+from datasets import DatasetDict
+
+from .sources import load_local_files
+
 OPERATORS = "+-*/"
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -106,3 +110,10 @@ def write_splits(out_dir: str | os.PathLike, **generate_kwargs) -> dict[str, int
     for name, rows in splits.items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
     return {name: len(rows) for name, rows in splits.items()}
+
+
+def load_splits(folder: str | os.PathLike) -> DatasetDict:
+    """The train/val/test JSONL files `write_splits` wrote, as splits "train", "validation" and "test"."""
+    folder = Path(folder)
+    return load_local_files({"train": folder / "train.jsonl", "validation": folder / "val.jsonl",
+                             "test": folder / "test.jsonl"})

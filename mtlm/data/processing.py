@@ -8,6 +8,7 @@ every step by fingerprint: a changed tokenizer or block size recomputes, an unch
 
 import os
 
+import numpy as np
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
@@ -15,8 +16,9 @@ from .sources import require_text
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids straight from the Rust tokenizer (no offsets, no Python-side post-processing)."""
     try:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
     except Exception as error:  # tokenizers raises a bare Exception for text its vocabulary cannot encode
         if tokenizer.unk_token is not None:
             raise
@@ -39,7 +41,7 @@ def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, column: str
     ids = _encode(tokenizer, batch[column])
     if append_eos:
         ids = [sequence + [tokenizer.eos_token_id] for sequence in ids]
-    return {"input_ids": ids}
+    return {"input_ids": [np.asarray(sequence, dtype=np.int32) for sequence in ids]}
 
 
 def tokenize(
@@ -52,22 +54,15 @@ def tokenize(
     """Token ids of every row's text. `append_eos` ends each row (document) with eos; leave it off for a corpus
     split into lines, whose rows join back into one running text."""
     require_text(dataset, column)
-    _allow_tokenizer_in_workers(num_proc)
-    return dataset.map(
-        _tokenize_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "column": column, "append_eos": append_eos},
-        desc="Tokenizing",
+    return _map_with_tokenizer(
+        dataset, _tokenize_batch, num_proc, "Tokenizing", tokenizer=tokenizer, column=column, append_eos=append_eos
     )
 
 
 def _pack_batch(batch: dict, block_size: int) -> dict:
-    stream = [token for sequence in batch["input_ids"] for token in sequence]
-    usable = len(stream) - len(stream) % block_size
-    blocks = [stream[start : start + block_size] for start in range(0, usable, block_size)]
-    return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+    stream = np.concatenate(batch["input_ids"]) if len(batch["input_ids"]) else np.zeros(0, dtype=np.int32)
+    blocks = stream[: len(stream) - len(stream) % block_size].reshape(-1, block_size)
+    return {"input_ids": blocks, "labels": blocks}
 
 
 def pack(dataset: Dataset, block_size: int, num_proc: int | None = None, batch_size: int = 1000) -> Dataset:
@@ -75,7 +70,7 @@ def pack(dataset: Dataset, block_size: int, num_proc: int | None = None, batch_s
     fill a block is dropped: at most block_size - 1 tokens per `batch_size` rows)."""
     if block_size <= 0:
         raise ValueError(f"block_size must be a positive number of tokens, got {block_size}.")
-    return dataset.map(
+    return dataset.with_format("numpy").map(
         _pack_batch,
         batched=True,
         batch_size=batch_size,
@@ -83,7 +78,7 @@ def pack(dataset: Dataset, block_size: int, num_proc: int | None = None, batch_s
         remove_columns=dataset.column_names,
         fn_kwargs={"block_size": block_size},
         desc=f"Packing into blocks of {block_size}",
-    )
+    ).with_format(None)
 
 
 def check_block_size(block_size: int, config) -> None:
@@ -117,14 +112,9 @@ def tokenize_prompt_target(
     separator_id = tokenizer.convert_tokens_to_ids(separator)
     if separator_id is None or separator_id == tokenizer.unk_token_id:
         raise ValueError(f"The tokenizer has no token {separator!r} to mark where the answer starts.")
-    _allow_tokenizer_in_workers(num_proc)
-    return dataset.map(
-        _prompt_target_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "separator_id": separator_id},
-        desc="Tokenizing prompt/target pairs",
+    return _map_with_tokenizer(
+        dataset, _prompt_target_batch, num_proc, "Tokenizing prompt/target pairs", tokenizer=tokenizer,
+        separator_id=separator_id,
     )
 
 
@@ -136,7 +126,16 @@ def collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None 
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
 
 
-def _allow_tokenizer_in_workers(num_proc: int | None) -> None:
-    # Forked map workers each run the Rust tokenizer; its own thread pool must stay off there to avoid deadlocks.
+def _map_with_tokenizer(dataset: Dataset, function, num_proc: int | None, desc: str, **fn_kwargs) -> Dataset:
+    """`dataset.map` of a batched function that replaces every column."""
     if num_proc and num_proc > 1:
+        # Forked workers each run the Rust tokenizer; its own thread pool must stay off there to avoid deadlocks.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return dataset.map(
+        function,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        fn_kwargs=fn_kwargs,
+        desc=desc,
+    )

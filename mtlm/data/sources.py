@@ -11,14 +11,22 @@ TINY_SHAKESPEARE = Path(__file__).parent / "corpora" / "tinyshakespeare.txt"
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def _lines(batch: dict) -> dict:
-    return {"text": [line for text in batch["text"] for line in text.splitlines(keepends=True)]}
+def _pieces(text: str, size: int = 1 << 16) -> list[str]:
+    """`text` cut after the first line break past every `size` characters: rows large enough that tokenizing them
+    is bound by the Rust tokenizer, and many enough to share among workers."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 def contiguous_splits(path: str | os.PathLike, fractions: dict[str, float]) -> DatasetDict:
     """Split one text file by characters into contiguous parts, in order: {"train": 0.9, "validation": 0.1} takes
-    the first 90% of the characters for training and the rest for validation. Each split holds the lines of its part
-    (line breaks kept), so concatenating a split's rows gives its exact text."""
+    the first 90% of the characters for training and the rest for validation. Each split holds its part in pieces of
+    whole lines, so concatenating a split's rows gives its exact text."""
     if abs(sum(fractions.values()) - 1.0) > 1e-9 or any(f <= 0 for f in fractions.values()):
         raise ValueError(f"Split fractions must be positive and sum to 1, got {fractions}.")
     document = _load_local(path, sample_by="document")["train"]
@@ -28,7 +36,7 @@ def contiguous_splits(path: str | os.PathLike, fractions: dict[str, float]) -> D
         cumulative += fraction
         end = length if abs(cumulative - 1.0) < 1e-9 else int(cumulative * length)
         splits[name] = document.map(
-            lambda batch, start=start, end=end: _lines({"text": [text[start:end] for text in batch["text"]]}),
+            lambda batch, start=start, end=end: {"text": [p for text in batch["text"] for p in _pieces(text[start:end])]},
             batched=True,
             desc=f"{name} characters {start:,}-{end:,}",
         )

@@ -61,8 +61,9 @@ def char_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     if not characters:
         raise ValueError("The corpus is empty: a character tokenizer needs at least one character of text.")
     vocab = {token: index for index, token in enumerate([PAD, BOS, EOS, UNK, *sorted(characters)])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tokenizer.pre_tokenizer = _EACH_CHARACTER
+    # A BPE model without merges is a character vocabulary; with no pre-tokenizer it reads each text as one run of
+    # characters, which the Rust side does several times faster than splitting every character apart.
+    tokenizer = Tokenizer(models.BPE(vocab, merges=[], unk_token=UNK))
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([PAD, BOS, EOS, UNK])
     return _wrap(tokenizer, unk=True)
