@@ -3,17 +3,16 @@
 import argparse
 import sys
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from .configuration.presets import PRESETS, count_parameters
 from .convert import convert_folder
 from .data import arithmetic
-from .data.tokenization import (
-    arithmetic_tokenizer,
-    bpe_tokenizer,
-    byte_tokenizer,
-    char_tokenizer,
-    read_corpus,
-)
+from .data.tokenization import make_tokenizer, read_corpus
 from .files import atomic_folder
+from .training import run_config
+from .training.trainer import sample, train
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -36,14 +35,8 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
-    if args.kind == "arithmetic":
-        tokenizer = arithmetic_tokenizer()
-    elif args.kind == "byte":
-        tokenizer = byte_tokenizer()
-    elif args.kind == "char":
-        tokenizer = char_tokenizer([read_corpus(args.input)])
-    else:
-        tokenizer = bpe_tokenizer([read_corpus(args.input)], args.vocab_size)
+    texts = [read_corpus(args.input)] if args.kind in ("char", "bpe") else []
+    tokenizer = make_tokenizer(args.kind, texts, getattr(args, "vocab_size", None))
     with atomic_folder(args.out, overwrite=args.overwrite) as staging:
         tokenizer.save_pretrained(staging)
     print(f"Wrote the {args.kind} tokenizer ({len(tokenizer)} ids) to {args.out}")
@@ -55,6 +48,30 @@ def _data_arithmetic(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     print(f"Wrote {', '.join(f'{name}.jsonl ({count:,})' for name, count in counts.items())} to {args.out_dir}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    run = run_config.load(args.config, args.set)
+    trainer = train(run, overwrite=args.overwrite, resume=args.resume)
+    output_dir = run["training"]["output_dir"]
+    print(f"\nSaved the model to {output_dir}. A sample:\n")
+    print(sample(trainer.model, trainer.processing_class, args.sample_prompt))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
+    inputs = tokenizer(args.prompt, return_tensors="pt", add_special_tokens=False)
+    sampling = args.temperature > 0
+    with torch.no_grad():
+        output = model.generate(
+            **inputs, max_new_tokens=args.max_new_tokens, do_sample=sampling,
+            temperature=args.temperature if sampling else None, top_k=args.top_k if sampling else None,
+            top_p=args.top_p if sampling else None, pad_token_id=tokenizer.pad_token_id,
+        )
+    print(tokenizer.decode(output[0], skip_special_tokens=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     arith.add_argument("--ops", nargs="+", default=["+"], help="operators: + - '*' / as separate arguments or +-*/")
     arith.add_argument("--seed", type=int, default=0, help="random seed (0)")
     arith.set_defaults(handler=_data_arithmetic)
+
+    train = commands.add_parser(
+        "train", help="train a model from a YAML run config through the HF Trainer",
+        description="Train from a run config (sections model, tokenizer, data, training; training keys are "
+        "TrainingArguments fields). Without CONFIG: configs/shakespeare-char.yaml, a small mtlm_llama on the "
+        "bundled Tiny Shakespeare. The final model lands at the root of training.output_dir.",
+    )
+    train.add_argument("config", nargs="?", help="run config YAML (default: configs/shakespeare-char.yaml)")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value (repeatable), e.g. --set training.max_steps=100")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    train.add_argument("--sample-prompt", default="\n", help="prompt of the sample printed at the end")
+    train.set_defaults(handler=_train)
+
+    generate = commands.add_parser(
+        "generate", help="generate text from a checkpoint folder (any causal LM)",
+        description="Generate with AutoModelForCausalLM + AutoTokenizer from any causal LM folder, ours or not.",
+    )
+    generate.add_argument("checkpoint", help="checkpoint folder")
+    generate.add_argument("--prompt", required=True, help="text to continue")
+    generate.add_argument("--max-new-tokens", type=int, default=200)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.set_defaults(handler=_generate)
     return parser
 
 

@@ -97,3 +97,18 @@ def read_corpus(path: str | os.PathLike) -> str:
     if not text:
         raise ValueError(f"The corpus {path} is empty: a tokenizer needs text to learn from.")
     return text
+
+
+def make_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer of `kind` ("arithmetic", "byte", "char" or "bpe"); char and bpe learn from `texts`."""
+    if kind == "arithmetic":
+        return arithmetic_tokenizer()
+    if kind == "byte":
+        return byte_tokenizer()
+    if kind == "char":
+        return char_tokenizer(texts)
+    if kind == "bpe":
+        if vocab_size is None:
+            raise ValueError("A bpe tokenizer needs a vocab_size.")
+        return bpe_tokenizer(texts, vocab_size)
+    raise ValueError(f"Unknown tokenizer kind {kind!r}: choose arithmetic, byte, char or bpe.")

@@ -1,0 +1,115 @@
+"""Run configs: YAML with the sections `model`, `tokenizer`, `data` and `training` (the last holds
+`TrainingArguments` fields verbatim). Unknown keys are errors that name the key and the closest valid ones."""
+
+import copy
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+
+import yaml
+from transformers import AutoConfig, TrainingArguments
+
+from ..configuration.presets import PRESETS, preset_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIGS / "shakespeare-char.yaml"
+
+TOKENIZER_KEYS = {"kind", "vocab_size", "path"}
+TOKENIZER_KINDS = {"arithmetic", "byte", "char", "bpe", "pretrained"}
+DATA_KEYS = {"source", "path", "files", "splits", "name", "config", "block_size", "num_proc", "arithmetic"}
+DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
+ARITHMETIC_KEYS = {"out_dir", "n_samples", "N", "A", "B", "ops", "seed"}
+SECTIONS = ("model", "tokenizer", "data", "training")
+
+
+def _unknown(key: str, valid, where: str) -> ValueError:
+    close = difflib.get_close_matches(key, sorted(valid), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(valid))}."
+    return ValueError(f"Unknown key {key!r} in {where}.{hint}")
+
+
+def training_argument_names() -> set[str]:
+    return {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
+
+
+def model_field_names(run: dict) -> set[str]:
+    """Fields the model section may set: the family config's fields (plus `preset` / `model_type`)."""
+    model = run["model"]
+    model_type = model.get("model_type") or (PRESETS[model["preset"]].model_type if model.get("preset") in PRESETS else None)
+    if model_type is None:
+        return {"preset", "model_type"}
+    config_class = type(AutoConfig.for_model(model_type))
+    return {field.name for field in dataclasses.fields(config_class)} | {"preset", "model_type"}
+
+
+def validate(run: dict) -> dict:
+    """Check every section and key; returns `run`."""
+    for section in run:
+        if section not in SECTIONS:
+            raise _unknown(section, SECTIONS, "the run config")
+    for section in SECTIONS:
+        run.setdefault(section, {})
+        if not isinstance(run[section], dict):
+            raise ValueError(f"Section {section!r} must be a mapping of keys to values, got {run[section]!r}.")
+    model = run["model"]
+    if "preset" not in model and "model_type" not in model:
+        raise ValueError("The model section needs `preset` (see `mtlm presets`) or `model_type` with config fields.")
+    if "preset" in model:
+        preset_config(model["preset"])  # unknown preset -> error with close names
+    for key in model:
+        if key not in model_field_names(run):
+            raise _unknown(key, model_field_names(run), "model")
+    for section, valid in (("tokenizer", TOKENIZER_KEYS), ("data", DATA_KEYS)):
+        for key in run[section]:
+            if key not in valid:
+                raise _unknown(key, valid, section)
+    for key in run["data"].get("arithmetic", {}) or {}:
+        if key not in ARITHMETIC_KEYS:
+            raise _unknown(key, ARITHMETIC_KEYS, "data.arithmetic")
+    for key in run["training"]:
+        if key not in training_argument_names():
+            raise _unknown(key, training_argument_names(), "training (TrainingArguments fields)")
+    if run["tokenizer"].get("kind", "char") not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer.kind={run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
+    if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
+        raise ValueError(f"data.source={run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
+    if "output_dir" not in run["training"]:
+        raise ValueError("training.output_dir is required: the folder for checkpoints and the final model.")
+    return run
+
+
+def apply_overrides(run: dict, overrides: list[str]) -> dict:
+    """`section.key=value` (values parsed as YAML: numbers, booleans, lists) applied to a copy of `run`."""
+    run = copy.deepcopy(run)
+    for override in overrides:
+        path, separator, value = override.partition("=")
+        keys = path.split(".")
+        if not separator or len(keys) < 2:
+            raise ValueError(f"--set expects section.key=value, got {override!r}.")
+        target = run.setdefault(keys[0], {})
+        for key in keys[1:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = yaml.safe_load(value)
+    return run
+
+
+def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
+    """Read a run config (default: configs/shakespeare-char.yaml), apply overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"No run config at {path}: pass a YAML file (see configs/).")
+    with open(path, encoding="utf-8") as handle:
+        run = yaml.safe_load(handle) or {}
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}.")
+    return validate(apply_overrides(run, list(overrides)))
+
+
+def save(run: dict, folder: str | os.PathLike) -> Path:
+    """Write the resolved config beside the checkpoints (through a temporary file)."""
+    path = Path(folder) / "run_config.yaml"
+    partial = path.with_name(".run_config.yaml.partial")
+    partial.write_text(yaml.safe_dump(run, sort_keys=False), encoding="utf-8")
+    os.replace(partial, path)
+    return path

@@ -1,0 +1,113 @@
+"""Run configs and `mtlm train` / `mtlm generate` end to end on tiny models."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from mtlm.cli import main as mtlm_main
+from mtlm.training import run_config
+from mtlm.training.trainer import MtlmTrainer, train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "shakespeare-6k.txt"
+
+
+def tiny_run(tmp_path: Path, **sections) -> dict:
+    run = {
+        "model": {"model_type": "mtlm_llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "max_position_embeddings": 64},
+        "tokenizer": {"kind": "char"},
+        "data": {"source": "text", "path": str(FIXTURE), "block_size": 32},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 30, "per_device_train_batch_size": 8,
+                     "learning_rate": 3e-3, "warmup_steps": 2, "logging_steps": 5, "eval_strategy": "no",
+                     "save_strategy": "no", "seed": 0, "disable_tqdm": True},
+    }
+    for section, values in sections.items():
+        run[section].update(values)
+    return run
+
+
+def write_config(tmp_path: Path, run: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+@pytest.mark.parametrize(
+    "section, key, suggestion",
+    [
+        ("training", "learning_rat", "learning_rate"),
+        ("model", "hidden_sise", "hidden_size"),
+        ("data", "block_sise", "block_size"),
+        ("tokenizer", "kinds", "kind"),
+    ],
+)
+def test_unknown_keys_name_the_closest_valid_ones(tmp_path, section, key, suggestion):
+    run = tiny_run(tmp_path)
+    run[section][key] = 1
+    with pytest.raises(ValueError, match=rf"Unknown key '{key}' in {section}.*Did you mean {suggestion}"):
+        run_config.validate(run)
+
+
+def test_overrides_and_defaults(tmp_path):
+    path = write_config(tmp_path, tiny_run(tmp_path))
+    run = run_config.load(path, ["training.max_steps=7", "model.hidden_dropout=0.2", "data.splits={train: 0.5, validation: 0.5}"])
+    assert run["training"]["max_steps"] == 7 and run["model"]["hidden_dropout"] == 0.2
+    assert run["data"]["splits"] == {"train": 0.5, "validation": 0.5}
+    with pytest.raises(ValueError, match="section.key=value"):
+        run_config.load(path, ["max_steps"])
+    default = run_config.load()
+    assert default["model"]["model_type"] == "mtlm_llama" and default["data"]["source"] == "tinyshakespeare"
+    with pytest.raises(ValueError, match="Did you mean mlm-llama2"):
+        run_config.validate({**tiny_run(tmp_path), "model": {"preset": "mlm-lama2"}})
+
+
+def test_train_writes_a_checkpoint_folder_that_generates(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_run(tmp_path))
+    mtlm_main(["train", str(path), "--sample-prompt", "First"])
+    output = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "run_config.yaml",
+                 "modeling_mtlm_llama.py"):
+        assert (output / name).is_file(), name
+    assert "auto_map" in json.loads((output / "config.json").read_text())
+    assert yaml.safe_load((output / "run_config.yaml").read_text())["training"]["max_steps"] == 30
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert model.config.vocab_size == len(tokenizer) and model.config.pad_token_id == tokenizer.pad_token_id
+    printed = capsys.readouterr().out
+    assert "A sample:" in printed
+    mtlm_main(["generate", str(output), "--prompt", "First", "--max-new-tokens", "12", "--temperature", "0"])
+    generated = capsys.readouterr().out.removesuffix("\n")
+    assert generated.startswith("First") and len(generated) == len("First") + 12  # one token per character
+
+
+def test_training_lowers_the_loss(tmp_path):
+    trainer = train(run_config.validate(tiny_run(tmp_path, training={"max_steps": 40})))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_an_output_folder_holding_a_run_is_refused(tmp_path):
+    path = write_config(tmp_path, tiny_run(tmp_path, training={"max_steps": 2}))
+    mtlm_main(["train", str(path)])
+    with pytest.raises(SystemExit, match="already holds a run: pass --resume"):
+        mtlm_main(["train", str(path)])
+    mtlm_main(["train", str(path), "--overwrite"])
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path):
+    path = write_config(tmp_path, tiny_run(tmp_path, model={"vocab_size": 5}))
+    with pytest.raises(SystemExit, match="model.vocab_size=5 does not fit the tokenizer"):
+        mtlm_main(["train", str(path)])
+
+
+def test_weight_decay_applies_to_matrices_only(tmp_path):
+    config = AutoConfig.for_model("mtlm_gpt", vocab_size=20, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, max_position_embeddings=8)
+    model = AutoModelForCausalLM.from_config(config)
+    names = set(MtlmTrainer.get_decay_parameter_names(None, model))
+    assert "model.layers.0.self_attn.q_proj.weight" in names and "model.embed_tokens.weight" in names
+    assert not any(name.endswith("bias") or "norm" in name for name in names)
+    assert {n for n, p in model.named_parameters() if p.ndim >= 2} == names
