@@ -21,6 +21,7 @@ setup(
         "datasets>=3.0",
         "huggingface_hub>=1.0",
         "pyyaml>=6.0",
+        "matplotlib>=3.7",
         "tqdm>=4.60",
     ],
     extras_require={

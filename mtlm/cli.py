@@ -1,6 +1,7 @@
 """The `mtlm` command. Each subcommand has --help."""
 
 import argparse
+import json
 import sys
 
 import torch
@@ -10,9 +11,10 @@ from .configuration.presets import PRESETS, count_parameters
 from .convert import convert_folder
 from .data import arithmetic
 from .data.tokenization import make_tokenizer, read_corpus
-from .files import atomic_folder
+from .evaluation.exact_match import exact_match, read_jsonl
+from .files import atomic_file, atomic_folder
 from .training import run_config
-from .training.trainer import sample, train
+from .training.trainer import NonFiniteLossError, sample, train
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -52,7 +54,7 @@ def _data_arithmetic(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     run = run_config.load(args.config, args.set)
-    trainer = train(run, overwrite=args.overwrite, resume=args.resume)
+    trainer = train(run, overwrite=args.overwrite, resume=args.resume, sample_prompt=args.sample_prompt)
     output_dir = run["training"]["output_dir"]
     print(f"\nSaved the model to {output_dir}. A sample:\n")
     print(sample(trainer.model, trainer.processing_class, args.sample_prompt))
@@ -61,17 +63,48 @@ def _train(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
-    inputs = tokenizer(args.prompt, return_tensors="pt", add_special_tokens=False)
-    sampling = args.temperature > 0
-    with torch.no_grad():
-        output = model.generate(
-            **inputs, max_new_tokens=args.max_new_tokens, do_sample=sampling,
-            temperature=args.temperature if sampling else None, top_k=args.top_k if sampling else None,
-            top_p=args.top_p if sampling else None, pad_token_id=tokenizer.pad_token_id,
-        )
-    print(tokenizer.decode(output[0], skip_special_tokens=True))
+    model, tokenizer = _load_for_generation(args.checkpoint)
+    print(sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
+
+
+def _load_for_generation(checkpoint: str):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    return model, tokenizer
+
+
+def _chat(args: argparse.Namespace) -> None:
+    model, tokenizer = _load_for_generation(args.checkpoint)
+    temperature = args.temperature
+    print("Type a prompt. 'temp 0.5' sets the temperature (0 = greedy); 'quit' leaves.")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip() == "quit":
+            break
+        if line.startswith("temp "):
+            try:
+                temperature = float(line.split()[1])
+                print(f"temperature = {temperature}")
+            except (IndexError, ValueError):
+                print("usage: temp 0.8")
+            continue
+        print(sample(model, tokenizer, line, args.max_new_tokens, temperature=temperature, top_k=args.top_k))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    model, tokenizer = _load_for_generation(args.checkpoint)
+    result = exact_match(model, tokenizer, read_jsonl(args.arithmetic), batch_size=args.batch_size)
+    for row in result["samples"]:
+        mark = "ok" if row["prediction"] == row["target"] else "xx"
+        print(f"{mark}  {row['prompt']}{row['prediction']}   (target {row['target']})")
+    print(f"exact match {result['exact_match']:.4f} on {result['n']} examples; by digits: {result['by_digits']}")
+    if args.output:
+        summary = {key: result[key] for key in ("exact_match", "by_digits", "n")}
+        with atomic_file(args.output) as handle:
+            json.dump(summary, handle, indent=2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=None)
     generate.set_defaults(handler=_generate)
+
+    chat = commands.add_parser(
+        "chat", help="interactive generation from a checkpoint folder",
+        description="Type a prompt and read the continuation; 'temp 0.5' sets the temperature; 'quit' leaves.",
+    )
+    chat.add_argument("checkpoint", help="checkpoint folder")
+    chat.add_argument("--max-new-tokens", type=int, default=200)
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--top-k", type=int, default=50)
+    chat.set_defaults(handler=_chat)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a checkpoint (greedy exact match on prompt/target JSONL)",
+        description="Greedy exact match of a checkpoint on prompt/target JSONL, overall and by the answer's digits.",
+    )
+    evaluate.add_argument("checkpoint", help="checkpoint folder")
+    evaluate.add_argument("--arithmetic", required=True, metavar="FILE.jsonl", help="rows with prompt and target")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--output", metavar="OUT.json", help="write exact_match, by_digits and n here")
+    evaluate.set_defaults(handler=_eval)
     return parser
 
 
@@ -169,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as error:
         sys.exit(f"mtlm {args.command}: error: {error}")
 
 

@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import TextIO
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,3 +32,19 @@ def atomic_folder(destination: str | os.PathLike, overwrite: bool = False) -> It
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(destination)
+
+
+@contextmanager
+def atomic_file(destination: str | os.PathLike) -> Iterator[TextIO]:
+    """Yield a text handle on a temporary file beside `destination`; it replaces `destination` only when the block
+    succeeds."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{destination.name}.partial-", dir=destination.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(partial, destination)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise

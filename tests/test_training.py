@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -111,3 +112,84 @@ def test_weight_decay_applies_to_matrices_only(tmp_path):
     assert "model.layers.0.self_attn.q_proj.weight" in names and "model.embed_tokens.weight" in names
     assert not any(name.endswith("bias") or "norm" in name for name in names)
     assert {n for n, p in model.named_parameters() if p.ndim >= 2} == names
+
+
+def test_flops_per_token_count_every_matrix_multiply():
+    config = AutoConfig.for_model("mtlm_llama", vocab_size=50, hidden_size=32, intermediate_size=48,
+                                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    model = AutoModelForCausalLM.from_config(config)
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embed_tokens" not in n)
+    matrices += model.lm_head.weight.numel()  # tied: the head multiplies too
+    sequence = 16
+    attention = 3 * 2 * 2 * sequence * 32  # per layer: scores and values over the sequence
+    assert model.forward_flops_per_token(sequence) == 2 * matrices + attention
+    ids = torch.zeros(4, sequence, dtype=torch.long)
+    assert model.floating_point_ops({"input_ids": ids}) == 3 * 4 * sequence * (2 * matrices + attention)
+    moe = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "mtlm_moe", vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_local_experts=4, num_experts_per_tok=2))
+    dense = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "mtlm_llama", vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4))
+    router = 3 * 2 * 32 * 4
+    one_expert = 3 * 2 * 3 * 32 * 48
+    assert moe.forward_flops_per_token(8) == dense.forward_flops_per_token(8) + router + one_expert
+
+
+def test_logs_carry_cumulative_flops_and_a_loss_plot_is_written(tmp_path):
+    trainer = train(run_config.validate(tiny_run(tmp_path, training={
+        "max_steps": 10, "eval_strategy": "steps", "eval_steps": 5})))
+    flos = [entry["flos"] for entry in trainer.state.log_history if "loss" in entry]
+    assert flos == sorted(flos) and flos[0] > 0
+    assert any("eval_perplexity" in entry for entry in trainer.state.log_history)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
+
+
+def test_a_non_finite_loss_stops_training_and_names_the_step(tmp_path):
+    run = tiny_run(tmp_path, training={"max_steps": 200, "learning_rate": 1e12, "max_grad_norm": 0, "warmup_steps": 0,
+                                       "save_strategy": "steps", "save_steps": 1, "save_total_limit": 1})
+    with pytest.raises(SystemExit, match=r"became (nan|inf) at step \d+\. Training stopped\. The last good checkpoint is"):
+        mtlm_main(["train", str(write_config(tmp_path, run))])
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_moe_runs_log_the_auxiliary_loss(tmp_path):
+    run = tiny_run(tmp_path, model={"model_type": "mtlm_moe", "num_local_experts": 4, "num_experts_per_tok": 2},
+                   training={"max_steps": 10})
+    trainer = train(run_config.validate(run))
+    aux = [entry["aux_loss"] for entry in trainer.state.log_history if "aux_loss" in entry]
+    assert len(aux) == 2 and all(value > 0 for value in aux)
+
+
+def test_arithmetic_runs_report_exact_match_and_eval_scores_a_checkpoint(tmp_path, capsys):
+    run = {
+        "model": {"preset": "mlm-llama2", "num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64},
+        "tokenizer": {"kind": "arithmetic"},
+        "data": {"source": "arithmetic", "arithmetic": {"out_dir": str(tmp_path / "data"), "n_samples": 300,
+                                                        "B": 99, "seed": 1}},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 6, "per_device_train_batch_size": 16,
+                     "eval_strategy": "steps", "eval_steps": 3, "save_strategy": "no", "disable_tqdm": True},
+    }
+    trainer = train(run_config.validate(run))
+    matches = [entry["eval_exact_match"] for entry in trainer.state.log_history if "eval_exact_match" in entry]
+    assert len(matches) >= 2 and all(0.0 <= value <= 1.0 for value in matches)
+    capsys.readouterr()
+    mtlm_main(["eval", str(tmp_path / "run"), "--arithmetic", str(tmp_path / "data" / "test.jsonl"),
+               "--output", str(tmp_path / "em.json")])
+    result = json.loads((tmp_path / "em.json").read_text())
+    assert result["n"] == 30 and 0.0 <= result["exact_match"] <= 1.0
+    assert sum(result["by_digits"].values()) >= 0 and set(result["by_digits"]) <= {"1", "2", "3"}
+    assert "exact match" in capsys.readouterr().out
+
+
+def test_chat_reads_prompts_and_temperature_until_quit(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, tiny_run(tmp_path, training={"max_steps": 2}))
+    mtlm_main(["train", str(path)])
+    session = "temp 0\nFirst\ntemp x\nquit\n"
+    result = subprocess.run([sys.executable, "-m", "mtlm.cli", "chat", str(tmp_path / "run"), "--max-new-tokens", "5"],
+                            input=session, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "temperature = 0.0" in result.stdout and "usage: temp 0.8" in result.stdout
+    assert "First" in result.stdout

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
+from ..files import atomic_file
 from .sources import load_local_files
 
 OPERATORS = "+-*/"
@@ -94,12 +95,9 @@ def split(examples: list[dict]) -> dict[str, list[dict]]:
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write rows to `path` through a temporary file, so a good file is never replaced by a partial one."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
+    with atomic_file(path) as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-    os.replace(partial, path)
 
 
 def write_splits(out_dir: str | os.PathLike, **generate_kwargs) -> dict[str, int]:

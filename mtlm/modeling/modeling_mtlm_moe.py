@@ -83,6 +83,12 @@ class MtlmSparseMoeBlock(nn.Module):
         _, top_k_weights, top_k_index = self.gate(hidden_states)
         return self.experts(hidden_states, top_k_index, top_k_weights).reshape(shape)
 
+    @staticmethod
+    def flops_per_token(config) -> int:
+        """The router plus the k experts a token visits."""
+        hidden, experts = config.hidden_size, config.num_local_experts
+        return 2 * hidden * experts + config.num_experts_per_tok * 2 * 3 * hidden * config.intermediate_size
+
 
 def can_set_experts_implementation(cls) -> bool:
     # transformers caches this per class by reading the module source; inherited from the dense Llama classes the

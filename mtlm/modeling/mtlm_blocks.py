@@ -223,6 +223,10 @@ class MtlmGatedMLP(nn.Module):
         """x: (..., hidden) -> (..., hidden)."""
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
+    @staticmethod
+    def flops_per_token(config) -> int:
+        return 2 * 3 * config.hidden_size * config.intermediate_size
+
 
 class MtlmMLP(nn.Module):
     """Two-layer MLP: down(act(up(x))) (GPT-2's c_fc / c_proj)."""
@@ -238,6 +242,10 @@ class MtlmMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden) -> (..., hidden)."""
         return self.down_proj(self.act_fn(self.up_proj(x)))
+
+    @staticmethod
+    def flops_per_token(config) -> int:
+        return 2 * 2 * config.hidden_size * config.intermediate_size
 
 
 def residual_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -316,6 +324,25 @@ class MtlmPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if getattr(module, "writes_residual", False):
             init.normal_(module.weight, mean=0.0, std=residual_init_std(self.config))
+
+    def forward_flops_per_token(self, sequence_length: int) -> int:
+        """Analytic forward FLOPs per token at `sequence_length` (2 per multiply-add): projections, attention scores
+        and values over the whole sequence, MLP (active experts only), LM head; embedding lookups are free."""
+        config = self.config
+        head_dim, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
+        hidden = config.hidden_size
+        projections = 2 * hidden * head_dim * (2 * heads + 2 * kv_heads)
+        attention = 2 * 2 * sequence_length * heads * head_dim
+        backbone = self.model if hasattr(self, "model") else self
+        mlp = type(backbone.layers[0].mlp).flops_per_token(config)
+        return config.num_hidden_layers * (projections + attention + mlp) + 2 * hidden * config.vocab_size
+
+    def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
+        """Training FLOPs of a batch: 3 x forward (the backward pass costs two forwards). Used by the Trainer."""
+        input_ids = input_dict.get("input_ids")
+        if input_ids is None:
+            return super().floating_point_ops(input_dict, exclude_embeddings)
+        return 3 * self.forward_flops_per_token(input_ids.shape[-1]) * input_ids.numel()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Save weights and config, plus the flat code files and `auto_map` that let the folder load with

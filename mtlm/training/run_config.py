@@ -11,6 +11,7 @@ import yaml
 from transformers import AutoConfig, TrainingArguments
 
 from ..configuration.presets import PRESETS, preset_config
+from ..files import atomic_file
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIGS / "shakespeare-char.yaml"
@@ -109,7 +110,6 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> di
 def save(run: dict, folder: str | os.PathLike) -> Path:
     """Write the resolved config beside the checkpoints (through a temporary file)."""
     path = Path(folder) / "run_config.yaml"
-    partial = path.with_name(".run_config.yaml.partial")
-    partial.write_text(yaml.safe_dump(run, sort_keys=False), encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_file(path) as handle:
+        yaml.safe_dump(run, handle, sort_keys=False)
     return path

@@ -8,15 +8,29 @@ import math
 import shutil
 from pathlib import Path
 
-import torch
-from datasets import DatasetDict
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from datasets import DatasetDict  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from ..configuration.presets import preset_config
 from ..data import arithmetic
 from ..data.processing import check_block_size, collator, pack, tokenize, tokenize_prompt_target
 from ..data.sources import TINY_SHAKESPEARE, contiguous_splits, load_hub_dataset, load_local_files
 from ..data.tokenization import make_tokenizer
+from ..evaluation.exact_match import exact_match
 from . import run_config
 
 # The seeds' recipe where the run config is silent: AdamW, linear warm-up then cosine to 0.1 * lr, clipping at 1.
@@ -32,17 +46,59 @@ TRAINING_DEFAULTS = dict(
 )
 
 
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
 class MtlmTrainer(Trainer):
-    """The HF Trainer with weight decay on matrices only and perplexity beside every evaluation loss."""
+    """The HF Trainer with weight decay on matrices only, a stop at the first non-finite loss, and logs that carry
+    cumulative training FLOPs, perplexity beside every evaluation loss, and MoE's auxiliary loss on its own."""
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # Matrices (linear weights, embeddings, experts) decay; norms, biases and other vectors do not.
         return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        aux_loss = outputs.get("aux_loss") if isinstance(outputs, dict) else None
+        if aux_loss is not None and model.training:
+            self._aux_losses = getattr(self, "_aux_losses", []) + [aux_loss.detach()]
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"The training loss became {loss.item()} at step {self.state.global_step + 1}.")
+        return loss
+
     def log(self, logs: dict, *args, **kwargs) -> None:
+        logs["flos"] = self.state.total_flos + self.current_flos
         if "eval_loss" in logs:
             logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        if "loss" in logs and getattr(self, "_aux_losses", None):
+            logs["aux_loss"] = torch.stack(self._aux_losses).mean().item()
+            self._aux_losses = []
         super().log(logs, *args, **kwargs)
+
+
+class EvaluationExtras(TrainerCallback):
+    """At each evaluation: greedy exact match on (part of) the validation split for prompt/target data, or a
+    sampled continuation for text."""
+
+    def __init__(self, tokenizer, validation_rows: list[dict] | None, sample_prompt: str = "\n",
+                 exact_match_limit: int = 500):
+        self.tokenizer = tokenizer
+        self.validation_rows = (validation_rows or [])[:exact_match_limit]
+        self.sample_prompt = sample_prompt
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if self.validation_rows:
+            result = exact_match(model, self.tokenizer, self.validation_rows, progress=False)
+            metrics["eval_exact_match"] = result["exact_match"]
+            state.log_history.append({"eval_exact_match": result["exact_match"], "step": state.global_step})
+            print(f"\nstep {state.global_step}: exact match {result['exact_match']:.4f} on {result['n']} examples")
+        else:
+            print(f"\nstep {state.global_step} sample: {sample(model, self.tokenizer, self.sample_prompt, 100)!r}")
 
 
 def load_texts(data: dict) -> DatasetDict:
@@ -112,19 +168,41 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
-def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50) -> str:
-    """A sampled continuation of `prompt`."""
+def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
+           top_p: float = 1.0) -> str:
+    """The prompt and its continuation: sampled, or greedy when `temperature` is 0."""
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature > 0 \
+        else {"do_sample": False}
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                top_k=top_k, pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
     model.train(was_training)
     return tokenizer.decode(output[0], skip_special_tokens=True)
 
 
-def train(run: dict, overwrite: bool = False, resume: bool = False) -> Trainer:
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    """Training and validation loss against training FLOPs and against steps, side by side."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "validation")):
+        entries = [entry for entry in log_history if key in entry and "flos" in entry]
+        if entries:
+            axes[0].plot([entry["flos"] for entry in entries], [entry[key] for entry in entries], label=label)
+            axes[1].plot([entry["step"] for entry in entries], [entry[key] for entry in entries], label=label)
+    axes[0].set_xscale("log")
+    for axis, xlabel in zip(axes, ("training FLOPs", "step")):
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("loss (nats/token)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str = "\n") -> Trainer:
     """Run the training a validated run config describes; returns the Trainer."""
     training = {**TRAINING_DEFAULTS, **run["training"]}
     output_dir = Path(training["output_dir"])
@@ -134,13 +212,15 @@ def train(run: dict, overwrite: bool = False, resume: bool = False) -> Trainer:
     texts = load_texts(run["data"])
     tokenizer = build_tokenizer(run["tokenizer"], texts)
     config = build_model_config(run["model"], tokenizer)
-    if run["data"].get("source") != "arithmetic":
+    prompt_target = run["data"].get("source") == "arithmetic"
+    if not prompt_target:
         check_block_size(run["data"].get("block_size", 128), config)
     datasets = build_datasets(run["data"], texts, tokenizer)
     model = AutoModelForCausalLM.from_config(config)
     run_config.save(run, output_dir)
 
     evaluation_split = "validation" if "validation" in datasets else None
+    validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
     trainer = MtlmTrainer(
         model=model,
         args=TrainingArguments(**training),
@@ -148,9 +228,18 @@ def train(run: dict, overwrite: bool = False, resume: bool = False) -> Trainer:
         eval_dataset=datasets[evaluation_split] if evaluation_split else None,
         data_collator=collator(tokenizer),
         processing_class=tokenizer,
+        callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt)],
     )
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if resume else None)
+    except NonFiniteLossError as error:
+        last = get_last_checkpoint(str(output_dir))
+        kept = f"The last good checkpoint is {last} (continue with --resume after lowering the learning rate)." \
+            if last else "No checkpoint was saved before it."
+        raise NonFiniteLossError(f"{error} Training stopped. {kept}") from None
     if evaluation_split:
         trainer.evaluate()
     trainer.save_model(str(output_dir))
+    trainer.save_state()
+    plot_losses(trainer.state.log_history, output_dir / "loss.png")
     return trainer

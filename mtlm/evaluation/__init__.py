@@ -1,0 +1,1 @@
+"""How good a model is: exact match on prompt/target data (exact_match); lm-eval and perplexity come later."""

@@ -1,0 +1,66 @@
+"""Greedy exact match on prompt/target data (MLM's metric), overall and by the answer's digit length."""
+
+import json
+import os
+from collections import defaultdict
+
+import torch
+from tqdm.auto import tqdm
+
+
+def answer_digits(target: str) -> int:
+    return len(target.lstrip("-"))
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], batch_size: int = 64, max_new_tokens: int | None = None,
+                   progress: bool = True) -> list[str]:
+    """Greedy continuations of `prompts` (each preceded by bos), cut at eos, decoded without special tokens."""
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    answers = []
+    limit = max_new_tokens or model.config.max_position_embeddings
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="Exact match", disable=not progress):
+            batch = [f"{tokenizer.bos_token or ''}{prompt}" for prompt in prompts[start : start + batch_size]]
+            inputs = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            room = model.config.max_position_embeddings - inputs["input_ids"].shape[1]
+            output = model.generate(**inputs, max_new_tokens=max(1, min(limit, room)), do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            answers += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return answers
+
+
+def exact_match(model, tokenizer, examples: list[dict], batch_size: int = 64, progress: bool = True) -> dict:
+    """{"exact_match", "by_digits": {digits: accuracy}, "n", "samples"} for rows with "prompt" and "target"."""
+    longest = max(len(tokenizer(row["target"], add_special_tokens=False)["input_ids"]) for row in examples)
+    answers = greedy_answers(model, tokenizer, [row["prompt"] for row in examples], batch_size, longest + 1, progress)
+    hits, by_digits = 0, defaultdict(lambda: [0, 0])
+    for row, answer in zip(examples, answers):
+        correct = answer.strip() == row["target"]
+        hits += correct
+        bucket = by_digits[answer_digits(row["target"])]
+        bucket[0] += correct
+        bucket[1] += 1
+    samples = [{"prompt": row["prompt"], "target": row["target"], "prediction": answer.strip()}
+               for row, answer in list(zip(examples, answers))[:8]]
+    return {
+        "exact_match": hits / len(examples),
+        "by_digits": {str(digits): right / total for digits, (right, total) in sorted(by_digits.items())},
+        "n": len(examples),
+        "samples": samples,
+    }
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No prompt/target file at {path}: pass a JSONL file with prompt and target fields.")
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    if not rows or not all("prompt" in row and "target" in row for row in rows):
+        raise ValueError(f"{path} must hold JSON lines with 'prompt' and 'target' fields.")
+    return rows
