@@ -55,6 +55,8 @@ def _data_arithmetic(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     run = run_config.load(args.config, args.set)
     trainer = train(run, overwrite=args.overwrite, resume=args.resume, sample_prompt=args.sample_prompt)
+    if not trainer.is_world_process_zero():
+        return
     output_dir = run["training"]["output_dir"]
     print(f"\nSaved the model to {output_dir}. A sample:\n")
     print(sample(trainer.model, trainer.processing_class, args.sample_prompt))

@@ -193,3 +193,33 @@ def test_chat_reads_prompts_and_temperature_until_quit(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "temperature = 0.0" in result.stdout and "usage: temp 0.8" in result.stdout
     assert "First" in result.stdout
+
+
+def test_two_process_data_parallel_training_matches_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def run_with(processes: int, per_device: int) -> Path:
+        folder = tmp_path / f"p{processes}"
+        folder.mkdir()
+        # Sequential order, so that both runs see the same examples in every global batch.
+        run = tiny_run(folder, training={"max_steps": 6, "per_device_train_batch_size": per_device, "seed": 3,
+                                         "save_strategy": "no", "train_sampling_strategy": "sequential"})
+        config = write_config(folder, run)
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                   "--master_port", str(29500 + processes), "-m", "mtlm.cli", "train", str(config)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return folder / "run"
+
+    single, double = run_with(1, 8), run_with(2, 4)  # the same global batch of 8
+    one = AutoModelForCausalLM.from_pretrained(single)
+    two = AutoModelForCausalLM.from_pretrained(double)
+    ids = torch.arange(3, 40).reshape(1, -1) % one.config.vocab_size
+    with torch.no_grad():
+        reference = one(ids).logits
+        torch.testing.assert_close(two(ids).logits, reference, rtol=0, atol=1e-4)
+    initial = AutoModelForCausalLM.from_config(one.config)
+    assert (one(ids).logits - initial(ids).logits).abs().max() > 1e-2, "training changed nothing"

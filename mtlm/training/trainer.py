@@ -23,6 +23,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
     set_seed,
 )
+from accelerate import PartialState  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from ..configuration.presets import preset_config
@@ -43,6 +44,8 @@ TRAINING_DEFAULTS = dict(
     adam_beta2=0.95,
     report_to="none",
     dataloader_pin_memory=torch.cuda.is_available(),
+    # Without an accelerator, say so: then torchrun / accelerate launch give data-parallel CPU processes (gloo).
+    use_cpu=not torch.accelerator.is_available(),
 )
 
 
@@ -206,18 +209,25 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
     """Run the training a validated run config describes; returns the Trainer."""
     training = {**TRAINING_DEFAULTS, **run["training"]}
     output_dir = Path(training["output_dir"])
-    prepare_output_dir(output_dir, overwrite, resume)
+    # Under torchrun / accelerate launch every process runs this; the main one owns the folder and builds the data
+    # (and datasets' cache) first, the others then read it.
+    processes = PartialState(cpu=training["use_cpu"])
+    if processes.is_main_process:
+        prepare_output_dir(output_dir, overwrite, resume)
+    processes.wait_for_everyone()
     set_seed(training.get("seed", 42))
 
-    texts = load_texts(run["data"])
-    tokenizer = build_tokenizer(run["tokenizer"], texts)
-    config = build_model_config(run["model"], tokenizer)
-    prompt_target = run["data"].get("source") == "arithmetic"
-    if not prompt_target:
-        check_block_size(run["data"].get("block_size", 128), config)
-    datasets = build_datasets(run["data"], texts, tokenizer)
+    with processes.main_process_first():
+        texts = load_texts(run["data"])
+        tokenizer = build_tokenizer(run["tokenizer"], texts)
+        config = build_model_config(run["model"], tokenizer)
+        prompt_target = run["data"].get("source") == "arithmetic"
+        if not prompt_target:
+            check_block_size(run["data"].get("block_size", 128), config)
+        datasets = build_datasets(run["data"], texts, tokenizer)
     model = AutoModelForCausalLM.from_config(config)
-    run_config.save(run, output_dir)
+    if processes.is_main_process:
+        run_config.save(run, output_dir)
 
     evaluation_split = "validation" if "validation" in datasets else None
     validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
@@ -241,5 +251,6 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         trainer.evaluate()
     trainer.save_model(str(output_dir))
     trainer.save_state()
-    plot_losses(trainer.state.log_history, output_dir / "loss.png")
+    if processes.is_main_process:
+        plot_losses(trainer.state.log_history, output_dir / "loss.png")
     return trainer
