@@ -1,6 +1,7 @@
 """Run configs and `mtlm train` / `mtlm generate` end to end on tiny models."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,44 @@ def test_two_process_data_parallel_training_matches_one_process(tmp_path):
         torch.testing.assert_close(two(ids).logits, reference, rtol=0, atol=1e-4)
     initial = AutoModelForCausalLM.from_config(one.config)
     assert (one(ids).logits - initial(ids).logits).abs().max() > 1e-2, "training changed nothing"
+
+
+def test_resume_continues_on_the_same_loss_curve(tmp_path):
+    settings = {"max_steps": 10, "logging_steps": 1, "save_strategy": "steps", "save_steps": 5}
+    full = train(run_config.validate(tiny_run(tmp_path / "full", training=settings)))
+    expected = {entry["step"]: entry["loss"] for entry in full.state.log_history if "loss" in entry}
+
+    partial_dir = tmp_path / "partial"
+    train(run_config.validate(tiny_run(partial_dir, training=settings)))
+    run_folder = partial_dir / "run"
+    for path in run_folder.iterdir():  # keep only checkpoint-5, as if the run had died after step 5
+        if path.name != "checkpoint-5":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = train(run_config.validate(tiny_run(partial_dir, training=settings)), resume=True)
+    after = {entry["step"]: entry["loss"] for entry in resumed.state.log_history if "loss" in entry and entry["step"] > 5}
+    assert sorted(after) == [6, 7, 8, 9, 10]
+    for step, loss in after.items():
+        assert loss == pytest.approx(expected[step], abs=1e-3), step
+
+
+def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    original = Trainer._save_checkpoint
+    calls = []
+
+    def failing_second_save(self, model, trial):
+        calls.append(self.state.global_step)
+        if len(calls) == 2:
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir()
+            (folder / "model.safetensors").write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return original(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", failing_second_save)
+    run = tiny_run(tmp_path, training={"max_steps": 6, "save_strategy": "steps", "save_steps": 2})
+    with pytest.raises(OSError, match="Saving checkpoint-4 failed .*checkpoint-2 is intact"):
+        train(run_config.validate(run))
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+    assert (tmp_path / "run" / "checkpoint-2" / "model.safetensors").stat().st_size > 1000

@@ -24,7 +24,7 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 from accelerate import PartialState  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ..configuration.presets import preset_config
 from ..data import arithmetic
@@ -46,6 +46,7 @@ TRAINING_DEFAULTS = dict(
     dataloader_pin_memory=torch.cuda.is_available(),
     # Without an accelerator, say so: then torchrun / accelerate launch give data-parallel CPU processes (gloo).
     use_cpu=not torch.accelerator.is_available(),
+    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
 )
 
 
@@ -73,6 +74,19 @@ class MtlmTrainer(Trainer):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"The training loss became {loss.item()} at step {self.state.global_step + 1}.")
         return loss
+
+    def _save_checkpoint(self, model, trial):
+        # A save that fails (a full disk, say) must not leave a partial folder that --resume would take for the
+        # newest checkpoint: remove it, so the previous checkpoint stays the last one.
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            previous = get_last_checkpoint(str(folder.parent))
+            kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+            raise OSError(f"Saving {folder.name} failed ({error}); the partial folder was removed and {kept}. "
+                          "Free disk space, then continue with --resume.") from error
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         logs["flos"] = self.state.total_flos + self.current_flos
@@ -186,6 +200,20 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
     return tokenizer.decode(output[0], skip_special_tokens=True)
 
 
+def save_final_model(trainer: Trainer, output_dir: Path) -> None:
+    """Save into a staging folder, then move the files into place: a failed save leaves the earlier files whole."""
+    staging = output_dir / ".final-model.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            for path in staging.iterdir():
+                path.replace(output_dir / path.name)
+    finally:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def plot_losses(log_history: list[dict], path: Path) -> None:
     """Training and validation loss against training FLOPs and against steps, side by side."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -249,7 +277,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         raise NonFiniteLossError(f"{error} Training stopped. {kept}") from None
     if evaluation_split:
         trainer.evaluate()
-    trainer.save_model(str(output_dir))
+    save_final_model(trainer, output_dir)
     trainer.save_state()
     if processes.is_main_process:
         plot_losses(trainer.state.log_history, output_dir / "loss.png")
