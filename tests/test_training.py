@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from mtlm.cli import main as mtlm_main
 from mtlm.training import run_config
@@ -83,6 +83,9 @@ def test_train_writes_a_checkpoint_folder_that_generates(tmp_path, capsys):
     mtlm_main(["generate", str(output), "--prompt", "First", "--max-new-tokens", "12", "--temperature", "0"])
     generated = capsys.readouterr().out.removesuffix("\n")
     assert generated.startswith("First") and len(generated) == len("First") + 12  # one token per character
+    generator = pipeline("text-generation", model=str(output))
+    text = generator("First", max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    assert text == generated
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
@@ -23,7 +24,6 @@ from transformers import (  # noqa: E402
     TrainingArguments,
     set_seed,
 )
-from accelerate import PartialState  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ..configuration.presets import preset_config
