@@ -268,3 +268,13 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint(tmp_path, monke
         train(run_config.validate(run))
     assert not (tmp_path / "run" / "checkpoint-4").exists()
     assert (tmp_path / "run" / "checkpoint-2" / "model.safetensors").stat().st_size > 1000
+
+
+def test_samples_stop_at_the_context_of_a_learned_position_model(tmp_path):
+    from mtlm.training.trainer import sample
+
+    run = tiny_run(tmp_path, model={"model_type": "mtlm_gpt", "max_position_embeddings": 16, "num_key_value_heads": 4},
+                   data={"block_size": 16}, training={"max_steps": 2})
+    trainer = train(run_config.validate(run))
+    text = sample(trainer.model, trainer.processing_class, "First", max_new_tokens=100)
+    assert text.startswith("First") and len(trainer.processing_class(text, add_special_tokens=False)["input_ids"]) <= 16

@@ -187,8 +187,10 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
 
 def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
            top_p: float = 1.0) -> str:
-    """The prompt and its continuation: sampled, or greedy when `temperature` is 0."""
+    """The prompt and its continuation (never past the model's context): sampled, or greedy when `temperature` is
+    0."""
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    max_new_tokens = max(0, min(max_new_tokens, model.config.max_position_embeddings - inputs["input_ids"].shape[1]))
     sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature > 0 \
         else {"do_sample": False}
     was_training = model.training
