@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -70,6 +71,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _load_for_generation(checkpoint: str):
+    folder = Path(checkpoint)
+    if folder.is_dir() and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{checkpoint} has no tokenizer: save one beside the weights with "
+                                "tokenizer.save_pretrained(folder) (mtlm train does this).")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
     return model, tokenizer

@@ -55,8 +55,10 @@ def test_unknown_keys_name_the_closest_valid_ones(tmp_path, section, key, sugges
 
 def test_overrides_and_defaults(tmp_path):
     path = write_config(tmp_path, tiny_run(tmp_path))
-    run = run_config.load(path, ["training.max_steps=7", "model.hidden_dropout=0.2", "data.splits={train: 0.5, validation: 0.5}"])
+    run = run_config.load(path, ["training.max_steps=7", "model.hidden_dropout=0.2", "training.learning_rate=1e-3",
+                                 "data.splits={train: 0.5, validation: 0.5}"])
     assert run["training"]["max_steps"] == 7 and run["model"]["hidden_dropout"] == 0.2
+    assert run["training"]["learning_rate"] == 1e-3
     assert run["data"]["splits"] == {"train": 0.5, "validation": 0.5}
     with pytest.raises(ValueError, match="section.key=value"):
         run_config.load(path, ["max_steps"])
@@ -278,3 +280,11 @@ def test_samples_stop_at_the_context_of_a_learned_position_model(tmp_path):
     trainer = train(run_config.validate(run))
     text = sample(trainer.model, trainer.processing_class, "First", max_new_tokens=100)
     assert text.startswith("First") and len(trainer.processing_class(text, add_special_tokens=False)["input_ids"]) <= 16
+
+
+def test_generation_commands_need_a_tokenizer(tmp_path):
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "mtlm_llama", vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2))
+    model.save_pretrained(tmp_path / "bare")
+    with pytest.raises(SystemExit, match="has no tokenizer"):
+        mtlm_main(["generate", str(tmp_path / "bare"), "--prompt", "hi"])

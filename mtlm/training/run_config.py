@@ -80,6 +80,17 @@ def validate(run: dict) -> dict:
     return run
 
 
+def _parse_value(text: str):
+    """A YAML value, with floats such as 1e-3 read as numbers (YAML 1.1 wants 1.0e-3)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(run: dict, overrides: list[str]) -> dict:
     """`section.key=value` (values parsed as YAML: numbers, booleans, lists) applied to a copy of `run`."""
     run = copy.deepcopy(run)
@@ -91,7 +102,7 @@ def apply_overrides(run: dict, overrides: list[str]) -> dict:
         target = run.setdefault(keys[0], {})
         for key in keys[1:-1]:
             target = target.setdefault(key, {})
-        target[keys[-1]] = yaml.safe_load(value)
+        target[keys[-1]] = _parse_value(value)
     return run
 
 
