@@ -4,9 +4,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import TextIO
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 
 @contextmanager
