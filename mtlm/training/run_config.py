@@ -58,9 +58,10 @@ def validate(run: dict) -> dict:
         raise ValueError("The model section needs `preset` (see `mtlm presets`) or `model_type` with config fields.")
     if "preset" in model:
         preset_config(model["preset"])  # unknown preset -> error with close names
+    valid_model_keys = model_field_names(run)
     for key in model:
-        if key not in model_field_names(run):
-            raise _unknown(key, model_field_names(run), "model")
+        if key not in valid_model_keys:
+            raise _unknown(key, valid_model_keys, "model")
     for section, valid in (("tokenizer", TOKENIZER_KEYS), ("data", DATA_KEYS)):
         for key in run[section]:
             if key not in valid:
@@ -68,9 +69,10 @@ def validate(run: dict) -> dict:
     for key in run["data"].get("arithmetic", {}) or {}:
         if key not in ARITHMETIC_KEYS:
             raise _unknown(key, ARITHMETIC_KEYS, "data.arithmetic")
+    valid_training_keys = training_argument_names()
     for key in run["training"]:
-        if key not in training_argument_names():
-            raise _unknown(key, training_argument_names(), "training (TrainingArguments fields)")
+        if key not in valid_training_keys:
+            raise _unknown(key, valid_training_keys, "training (TrainingArguments fields)")
     if run["tokenizer"].get("kind", "char") not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer.kind={run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
