@@ -14,6 +14,7 @@ from .data import arithmetic
 from .data.tokenization import make_tokenizer, read_corpus
 from .evaluation.exact_match import exact_match, read_jsonl
 from .files import atomic_file, atomic_folder
+from .growth import METHODS, grow_folder
 from .training import run_config
 from .training.trainer import NonFiniteLossError, sample, train
 
@@ -99,6 +100,31 @@ def _chat(args: argparse.Namespace) -> None:
                 print("usage: temp 0.8")
             continue
         print(sample(model, tokenizer, line, args.max_new_tokens, temperature=temperature, top_k=args.top_k))
+
+
+def _layer_map(text: str) -> list[int]:
+    try:
+        return [int(index) for index in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected source layer indices separated by commas, e.g. 0,0,1,1; got {text!r}")
+
+
+def _grow(args: argparse.Namespace) -> None:
+    if (args.method is None) == (args.layer_map is None):
+        raise ValueError("Pass either --method (with --num-layers) or --layer-map.")
+    if args.method is not None and args.num_layers is None:
+        raise ValueError(f"--method {args.method} needs --num-layers, the depth of the grown model.")
+    torch.manual_seed(args.seed)
+    grown = grow_folder(
+        args.checkpoint, args.out, num_layers=args.num_layers, method=args.method or "stack", mapping=args.layer_map,
+        function_preserving=args.function_preserving, overwrite=args.overwrite,
+    )
+    record = grown.config.growth_history[-1]
+    shown = " ".join("-" if index is None else str(index) for index in record["layer_map"])
+    print(f"Grew {args.checkpoint} ({record['source_num_layers']} layers) into {args.out} ({record['num_layers']} "
+          f"layers, {grown.num_parameters():,} parameters) by {record['method']}"
+          f"{', function-preserving' if record['function_preserving'] else ''}.\nlayer map (source layer of each "
+          f"grown layer, - for a fresh one): {shown}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -212,6 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.8)
     chat.add_argument("--top-k", type=int, default=50)
     chat.set_defaults(handler=_chat)
+
+    grow = commands.add_parser(
+        "grow", help="grow a checkpoint into a deeper model by copying its layers (progressive growth)",
+        description="Map a checkpoint's layers onto a deeper model of the same family and write it as a new "
+        "checkpoint folder (weights, config with the growth recorded in growth_history, remote code, tokenizer). "
+        "stack repeats the whole stack (0 1 0 1), interleave repeats each layer in place (0 0 1 1), random adds "
+        "fresh layers on top; --layer-map gives the source layer of every grown layer. The source is not modified.",
+    )
+    grow.add_argument("checkpoint", help="mtlm checkpoint folder to grow")
+    grow.add_argument("--num-layers", type=int, help="layers of the grown model (need not be a multiple)")
+    grow.add_argument("--method", choices=METHODS, help="how grown layers map onto source layers")
+    grow.add_argument("--layer-map", type=_layer_map, metavar="I,J,...",
+                      help="explicit source layer of each grown layer, e.g. 0,0,1,1 (instead of --method)")
+    grow.add_argument("--function-preserving", action="store_true",
+                      help="zero the residual output projections of copied and fresh layers, so that the grown "
+                      "model starts with exactly the source model's outputs")
+    grow.add_argument("--seed", type=int, default=0, help="seed of the fresh layers' initialisation (0)")
+    grow.add_argument("--out", required=True, help="folder to write (written whole, or not at all)")
+    grow.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    grow.set_defaults(handler=_grow)
 
     evaluate = commands.add_parser(
         "eval", help="evaluate a checkpoint (greedy exact match on prompt/target JSONL)",

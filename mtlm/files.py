@@ -1,5 +1,7 @@
-"""Writing folders so that a good one is never replaced by a half-written one."""
+"""Checkpoint folders: reading their config safely, and writing files and folders so that a good one is never
+replaced by a half-written one."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -7,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
+
+from .configuration import MtlmGPTConfig, MtlmLlamaConfig, MtlmMoeConfig
 
 
 @contextmanager
@@ -48,3 +52,19 @@ def atomic_file(destination: str | os.PathLike) -> Iterator[TextIO]:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def read_checkpoint_config(folder: str | os.PathLike) -> dict:
+    """The config.json of an mtlm checkpoint folder, read before any weights are, with a clear error for a folder that
+    is not one."""
+    families = [config_class.model_type for config_class in (MtlmLlamaConfig, MtlmGPTConfig, MtlmMoeConfig)]
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json): pass a folder written by "
+                                "mtlm train or save_pretrained.")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in families:
+        hint = " Convert it first with `mtlm convert SRC DST`." if model_type in ("llama", "gpt2", "mixtral") else ""
+        raise ValueError(f"{folder} holds a {model_type!r} model, not an mtlm one ({', '.join(families)}).{hint}")
+    return config

@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import random_ids, tiny_model
+
+from mtlm.growth import grow_folder
 
 REMOTE_SCRIPT = r"""
 import sys
@@ -42,10 +45,15 @@ print("remote-ok", type(model).__name__)
 """
 
 
-def test_checkpoint_loads_as_remote_code_without_mtlm(family, tmp_path):
+@pytest.mark.parametrize("written_by", ["save_pretrained", "grow_folder"])
+def test_checkpoint_loads_as_remote_code_without_mtlm(family, written_by, tmp_path):
     model = tiny_model(family)
     folder = tmp_path / "checkpoint"
-    model.save_pretrained(folder)
+    if written_by == "grow_folder":
+        model.save_pretrained(tmp_path / "base")
+        model = grow_folder(tmp_path / "base", folder, num_layers=3, method="stack").eval()
+    else:
+        model.save_pretrained(folder)
 
     config = json.loads((folder / "config.json").read_text())
     module, class_name = config["auto_map"]["AutoModelForCausalLM"].split(".")

@@ -11,7 +11,7 @@ import yaml
 from transformers import AutoConfig, TrainingArguments
 
 from ..configuration.presets import PRESETS, preset_config
-from ..files import atomic_file
+from ..files import atomic_file, read_checkpoint_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIGS / "shakespeare-char.yaml"
@@ -34,14 +34,22 @@ def training_argument_names() -> set[str]:
     return {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
 
 
+MODEL_SOURCE_KEYS = {"preset", "model_type", "init_from"}
+
+
 def model_field_names(run: dict) -> set[str]:
-    """Fields the model section may set: the family config's fields (plus `preset` / `model_type`)."""
+    """Fields the model section may set: the family config's fields (plus `preset` / `model_type` / `init_from`)."""
     model = run["model"]
-    model_type = model.get("model_type") or (PRESETS[model["preset"]].model_type if model.get("preset") in PRESETS else None)
+    if model.get("init_from"):
+        model_type = read_checkpoint_config(model["init_from"])["model_type"]
+    elif model.get("preset") in PRESETS:
+        model_type = PRESETS[model["preset"]].model_type
+    else:
+        model_type = model.get("model_type")
     if model_type is None:
-        return {"preset", "model_type"}
+        return MODEL_SOURCE_KEYS
     config_class = type(AutoConfig.for_model(model_type))
-    return {field.name for field in dataclasses.fields(config_class)} | {"preset", "model_type"}
+    return {field.name for field in dataclasses.fields(config_class)} | MODEL_SOURCE_KEYS
 
 
 def validate(run: dict) -> dict:
@@ -54,8 +62,10 @@ def validate(run: dict) -> dict:
         if not isinstance(run[section], dict):
             raise ValueError(f"Section {section!r} must be a mapping of keys to values, got {run[section]!r}.")
     model = run["model"]
-    if "preset" not in model and "model_type" not in model:
-        raise ValueError("The model section needs `preset` (see `mtlm presets`) or `model_type` with config fields.")
+    sources = [key for key in ("preset", "model_type", "init_from") if key in model]
+    if len(sources) != 1:
+        raise ValueError("The model section needs exactly one of `preset` (see `mtlm presets`), `model_type` with "
+                         f"config fields, or `init_from` (a checkpoint folder to train on); it has {sources or 'none'}.")
     if "preset" in model:
         preset_config(model["preset"])  # unknown preset -> error with close names
     valid_model_keys = model_field_names(run)

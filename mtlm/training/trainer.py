@@ -139,7 +139,11 @@ def load_texts(data: dict) -> DatasetDict:
     return arithmetic.load_splits(folder)
 
 
-def build_tokenizer(spec: dict, texts: DatasetDict):
+def build_tokenizer(spec: dict, texts: DatasetDict, init_from: str | None = None):
+    """The tokenizer the tokenizer section describes; with no section, a run that starts from a checkpoint uses the
+    checkpoint's."""
+    if init_from and not spec:
+        return AutoTokenizer.from_pretrained(init_from)
     kind = spec.get("kind", "char")
     if kind == "pretrained":
         return AutoTokenizer.from_pretrained(spec["path"])
@@ -149,7 +153,13 @@ def build_tokenizer(spec: dict, texts: DatasetDict):
 
 def build_model_config(model: dict, tokenizer):
     """The model config of the run, with the tokenizer's size and special ids."""
-    fields = {key: value for key, value in model.items() if key not in ("preset", "model_type")}
+    fields = {key: value for key, value in model.items() if key not in run_config.MODEL_SOURCE_KEYS}
+    if "init_from" in model:
+        config = AutoConfig.from_pretrained(model["init_from"], **fields)
+        if config.vocab_size != len(tokenizer):
+            raise ValueError(f"{model['init_from']} has vocab_size={config.vocab_size} but the tokenizer has "
+                             f"{len(tokenizer)} ids: leave the tokenizer section out to use the checkpoint's own.")
+        return config
     special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                    eos_token_id=tokenizer.eos_token_id)
     if "vocab_size" in fields and fields["vocab_size"] != len(tokenizer):
@@ -161,6 +171,18 @@ def build_model_config(model: dict, tokenizer):
     if "preset" in model:
         return preset_config(model["preset"], **fields)
     return AutoConfig.for_model(model["model_type"], **fields)
+
+
+def build_model(config, init_from: str | None = None):
+    """A freshly initialised model, or the weights of `init_from` under `config`, which must then fit them exactly."""
+    if not init_from:
+        return AutoModelForCausalLM.from_config(config)
+    model, info = AutoModelForCausalLM.from_pretrained(init_from, config=config, output_loading_info=True)
+    problems = {kind: names for kind, names in info.items() if kind != "error_msgs" and names}
+    if problems:
+        raise ValueError(f"The model section changes the shape of {init_from}'s weights ({problems}): set only fields "
+                         "that keep every weight's shape (dropout, initializer_range, ...), or grow it with mtlm grow.")
+    return model
 
 
 def build_datasets(data: dict, texts: DatasetDict, tokenizer) -> DatasetDict:
@@ -247,15 +269,16 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
     processes.wait_for_everyone()
     set_seed(training.get("seed", 42))
 
+    init_from = run["model"].get("init_from")
     with processes.main_process_first():
         texts = load_texts(run["data"])
-        tokenizer = build_tokenizer(run["tokenizer"], texts)
+        tokenizer = build_tokenizer(run["tokenizer"], texts, init_from)
         config = build_model_config(run["model"], tokenizer)
         prompt_target = run["data"].get("source") == "arithmetic"
         if not prompt_target:
             check_block_size(run["data"].get("block_size", 128), config)
         datasets = build_datasets(run["data"], texts, tokenizer)
-    model = AutoModelForCausalLM.from_config(config)
+    model = build_model(config, init_from)
     if processes.is_main_process:
         run_config.save(run, output_dir)
 

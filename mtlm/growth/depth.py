@@ -1,0 +1,188 @@
+"""Depth growth: map a trained model's layers onto a deeper config of the same family.
+
+A layer map lists, for every layer of the grown model, the source layer whose weights it starts from, or None for a
+freshly initialised layer. Embeddings, final norm and LM head are carried over unchanged.
+
+    stack       the whole stack repeated: 4 -> 8 is [0 1 2 3 0 1 2 3] (G_stack, Du et al. 2024; MTLM1)
+    interleave  each layer repeated in place: 4 -> 8 is [0 0 1 1 2 2 3 3]
+    random      the source layers, then fresh ones: 4 -> 8 is [0 1 2 3 - - - -] (the baseline)
+
+Growth factors need not be integers: 12 -> 18 stacks as [0..11, 0..5] and interleaves as [0 0 1 2 2 3 ...].
+Function-preserving growth zeroes the residual output projections (attention o_proj, MLP down_proj, every expert's
+down_proj in MoE; biases too) of every layer that is not the first use of its source layer: those layers then add
+nothing to the residual stream, and the grown model computes exactly the source model's function.
+"""
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..files import atomic_folder, read_checkpoint_config
+from ..modeling.mtlm_blocks import MtlmPreTrainedModel
+
+METHODS = ("stack", "interleave", "random")
+# Parameters (by their name inside a decoder layer) whose output is added to the residual stream.
+RESIDUAL_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj", "mlp.experts.down_proj")
+LAYER_PARAMETER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def layer_map(method: str, source_layers: int, num_layers: int) -> list[int | None]:
+    """The source layer each of `num_layers` grown layers starts from (None: freshly initialised)."""
+    check_depths(source_layers, num_layers)
+    if method == "stack":
+        return [index % source_layers for index in range(num_layers)]
+    if method == "interleave":
+        return [index * source_layers // num_layers for index in range(num_layers)]
+    if method == "random":
+        return list(range(source_layers)) + [None] * (num_layers - source_layers)
+    raise ValueError(f"Unknown growth method {method!r}: choose one of {', '.join(METHODS)}, or give a layer map.")
+
+
+def check_depths(source_layers: int, num_layers: int) -> None:
+    if num_layers <= source_layers:
+        raise ValueError(
+            f"Growth needs more layers than the source's {source_layers}; got num_layers={num_layers}. Pass a larger "
+            "--num-layers."
+        )
+
+
+def check_layer_map(mapping: list[int | None], source_layers: int, num_layers: int,
+                    function_preserving: bool) -> None:
+    """Raise a ValueError naming the problem when `mapping` cannot grow `source_layers` into `num_layers`."""
+    check_depths(source_layers, num_layers)
+    if len(mapping) != num_layers:
+        raise ValueError(f"The layer map has {len(mapping)} entries but the grown model has {num_layers} layers: give "
+                         "one source layer per grown layer.")
+    out_of_range = [index for index in mapping if index is not None and not 0 <= index < source_layers]
+    if out_of_range:
+        raise ValueError(f"The layer map names layers {sorted(set(out_of_range))} but the source has layers 0 to "
+                         f"{source_layers - 1}.")
+    if function_preserving and first_uses(mapping) != list(range(source_layers)):
+        raise ValueError(
+            f"A function-preserving layer map must use every source layer, first uses in order 0..{source_layers - 1} "
+            f"(the copies after them are zeroed); {mapping} does not. Reorder the map or drop --function-preserving."
+        )
+
+
+def first_uses(mapping: list[int | None]) -> list[int]:
+    """The source layers in the order of their first use in `mapping`."""
+    seen: dict[int, None] = {}
+    for index in mapping:
+        if index is not None:
+            seen.setdefault(index, None)
+    return list(seen)
+
+
+def zeroed_layers(mapping: list[int | None]) -> list[int]:
+    """Grown layers that function-preserving growth silences: fresh layers and repeated uses of a source layer."""
+    seen: set[int] = set()
+    silenced = []
+    for position, index in enumerate(mapping):
+        if index is None or index in seen:
+            silenced.append(position)
+        seen.add(index)
+    return silenced
+
+
+def is_residual_output(name: str) -> bool:
+    return any(name == output or name.startswith(output + ".") for output in RESIDUAL_OUTPUTS)
+
+
+@torch.no_grad()
+def grow_model(
+    model: MtlmPreTrainedModel,
+    num_layers: int | None = None,
+    method: str = "stack",
+    mapping: list[int | None] | None = None,
+    function_preserving: bool = False,
+    source: str | None = None,
+) -> MtlmPreTrainedModel:
+    """A deeper copy of `model` (same family, `num_layers` layers) initialised from its layers by `method`, or by an
+    explicit `mapping` (which then decides the depth). The growth is appended to `config.growth_history`; `model` is
+    left untouched."""
+    if not isinstance(model, MtlmPreTrainedModel):
+        raise TypeError(f"grow_model grows mtlm models; got {type(model).__name__} (convert it with "
+                        "mtlm.convert.from_upstream first).")
+    source_layers = model.config.num_hidden_layers
+    if mapping is None:
+        mapping = layer_map(method, source_layers, num_layers)
+    else:
+        method, num_layers = "map", num_layers or len(mapping)
+    check_layer_map(mapping, source_layers, num_layers, function_preserving)
+
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = num_layers
+    config.growth_history = [*getattr(model.config, "growth_history", []), {
+        "source": source or model.config.name_or_path or None,
+        "method": method,
+        "layer_map": mapping,
+        "function_preserving": function_preserving,
+        "source_num_layers": source_layers,
+        "num_layers": num_layers,
+    }]
+    grown = type(model)(config).to(model.dtype)  # fresh layers keep this initialisation
+    grown.generation_config = copy.deepcopy(model.generation_config)
+
+    state = grown.state_dict()
+    by_source_layer: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in model.state_dict().items():
+        match = LAYER_PARAMETER.match(name)
+        if match:
+            by_source_layer.setdefault(int(match[1]), {})[match[2]] = tensor
+        else:
+            state[name] = tensor
+    silenced = set(zeroed_layers(mapping)) if function_preserving else set()
+    for position, index in enumerate(mapping):
+        layer = by_source_layer[index] if index is not None else {
+            name: state[f"model.layers.{position}.{name}"] for name in by_source_layer[0]
+        }
+        for name, tensor in layer.items():
+            zero = position in silenced and is_residual_output(name)
+            state[f"model.layers.{position}.{name}"] = torch.zeros_like(tensor) if zero else tensor.clone()
+    grown.load_state_dict(state, strict=True)
+    return grown.train(model.training)
+
+
+def grow_folder(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    num_layers: int | None = None,
+    method: str = "stack",
+    mapping: list[int | None] | None = None,
+    function_preserving: bool = False,
+    overwrite: bool = False,
+) -> MtlmPreTrainedModel:
+    """Grow the checkpoint folder `source` into `destination`: weights, config (with the growth recorded), remote
+    code, generation config and the source's tokenizer. Everything is checked before anything is written, and
+    `source` is never modified. Returns the grown model."""
+    source, destination = Path(source), Path(destination)
+    if destination.resolve() == source.resolve():
+        raise ValueError(f"The grown model would replace its source {source}: choose another --out folder.")
+    source_layers = read_checkpoint_config(source)["num_hidden_layers"]
+    planned = mapping if mapping is not None else layer_map(method, source_layers, num_layers)
+    check_layer_map(planned, source_layers, num_layers or len(planned), function_preserving)
+    if destination.is_dir() and any(destination.iterdir()) and not overwrite:
+        raise FileExistsError(f"{destination} exists and is not empty: choose another path or pass --overwrite.")
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    grown = grow_model(model, num_layers, method, mapping, function_preserving, source=str(source))
+    trainer_state = source / "trainer_state.json"
+    if trainer_state.is_file():  # what the source cost, for the model card's training totals
+        state = json.loads(trainer_state.read_text(encoding="utf-8"))
+        grown.config.growth_history[-1]["source_training"] = {
+            key: state[key] for key in ("global_step", "total_flos") if key in state
+        }
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):
+        tokenizer = None
+    with atomic_folder(destination, overwrite=overwrite) as staging:
+        grown.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return grown
