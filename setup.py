@@ -25,7 +25,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        "eval": ["lm-eval>=0.4.13,<0.5"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "lm-eval>=0.4.13,<0.5"],
         "flax": ["jax>=0.6", "flax>=0.11", "optax>=0.2", "orbax-checkpoint>=0.11"],
         "cuda": ["flash-attn>=2.6"],
     },

@@ -12,8 +12,12 @@ from .configuration.presets import PRESETS, count_parameters
 from .convert import convert_folder
 from .data import arithmetic
 from .data.tokenization import make_tokenizer, read_corpus
+from .evaluation import harness
+from .evaluation.compare import comparison_rows, load_run, markdown_comparison, plot_comparison
 from .evaluation.exact_match import exact_match, read_jsonl
-from .files import atomic_file, atomic_folder
+from .evaluation.perplexity import perplexity, read_documents
+from .evaluation.results import save_into_checkpoint
+from .files import atomic_file, atomic_folder, require_tokenizer
 from .growth import METHODS, grow_folder
 from .training import run_config
 from .training.trainer import NonFiniteLossError, sample, train
@@ -72,10 +76,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _load_for_generation(checkpoint: str):
-    folder = Path(checkpoint)
-    if folder.is_dir() and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{checkpoint} has no tokenizer: save one beside the weights with "
-                                "tokenizer.save_pretrained(folder) (mtlm train does this).")
+    require_tokenizer(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
     return model, tokenizer
@@ -128,16 +129,71 @@ def _grow(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.arithmetic:
+        _eval_exact_match(args)
+        return
+    local_data = dict(_key_value(item, "--local-data", "TASK=PATH") for item in args.local_data)
+    results = harness.evaluate(
+        args.checkpoint, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size or 1,
+        include_path=args.include_path or None, local_data=local_data, device=args.device,
+    )
+    table = harness.markdown_table(results)
+    print(table)
+    if args.output:
+        output = Path(args.output)
+        with atomic_file(output) as handle:
+            handle.write(harness.to_json(results))
+        with atomic_file(output.with_suffix(".md")) as handle:
+            handle.write(table)
+        print(f"Wrote {output} and {output.with_suffix('.md')}")
+
+
+def _key_value(text: str, option: str, shape: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key or not value:
+        raise ValueError(f"{option} expects {shape}, got {text!r}.")
+    return key, value
+
+
+def _eval_exact_match(args: argparse.Namespace) -> None:
     model, tokenizer = _load_for_generation(args.checkpoint)
-    result = exact_match(model, tokenizer, read_jsonl(args.arithmetic), batch_size=args.batch_size)
+    result = exact_match(model, tokenizer, read_jsonl(args.arithmetic), batch_size=args.batch_size or 64)
     for row in result["samples"]:
         mark = "ok" if row["prediction"] == row["target"] else "xx"
         print(f"{mark}  {row['prompt']}{row['prediction']}   (target {row['target']})")
     print(f"exact match {result['exact_match']:.4f} on {result['n']} examples; by digits: {result['by_digits']}")
+    summary = {key: result[key] for key in ("exact_match", "by_digits", "n")}
+    save_into_checkpoint(args.checkpoint, "exact_match", {"results": {Path(args.arithmetic).name: summary}})
     if args.output:
-        summary = {key: result[key] for key in ("exact_match", "by_digits", "n")}
         with atomic_file(args.output) as handle:
-            json.dump(summary, handle, indent=2)
+            json.dump({"model_name": Path(args.checkpoint).resolve().name,
+                       "results": {Path(args.arithmetic).name: summary}}, handle, indent=2)
+
+
+def _ppl(args: argparse.Namespace) -> None:
+    model, tokenizer = _load_for_generation(args.checkpoint)
+    documents = read_documents(args.data, args.field)
+    result = perplexity(model, tokenizer, documents, max_length=args.max_length, stride=args.stride,
+                        batch_size=args.batch_size)
+    for key, value in result.items():
+        print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value:,}")
+    name = Path(args.data).name
+    save_into_checkpoint(args.checkpoint, "perplexity", {"results": {name: result}})
+    if args.output:
+        with atomic_file(args.output) as handle:
+            json.dump({"model_name": Path(args.checkpoint).resolve().name, "results": {name: result}}, handle, indent=2)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    runs = [load_run(path) for path in args.results]
+    rows = comparison_rows(runs, args.metric)
+    table = markdown_comparison(runs, rows)
+    print(table)
+    plot_comparison(runs, rows, args.plot)
+    print(f"Bar chart: {args.plot}")
+    if args.output:
+        with atomic_file(args.output) as handle:
+            handle.write(table + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,14 +316,57 @@ def build_parser() -> argparse.ArgumentParser:
     grow.set_defaults(handler=_grow)
 
     evaluate = commands.add_parser(
-        "eval", help="evaluate a checkpoint (greedy exact match on prompt/target JSONL)",
-        description="Greedy exact match of a checkpoint on prompt/target JSONL, overall and by the answer's digits.",
+        "eval", help="evaluate a checkpoint with lm-evaluation-harness tasks, or greedy exact match",
+        description="Run lm-evaluation-harness tasks on a checkpoint folder through its Python API (the hf model "
+        "with trust_remote_code, as `lm_eval --model hf` does), print its table and keep the results in the "
+        "folder's eval_results.json for the model card. --tasks mtlm1 runs the twelve tasks of MTLM1's card. "
+        "Offline, point a task at local files with --local-data, or write task YAMLs (dataset_path: json) in a "
+        "folder given with --include-path. --arithmetic instead scores greedy exact match on prompt/target JSONL.",
     )
     evaluate.add_argument("checkpoint", help="checkpoint folder")
-    evaluate.add_argument("--arithmetic", required=True, metavar="FILE.jsonl", help="rows with prompt and target")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--output", metavar="OUT.json", help="write exact_match, by_digits and n here")
+    what = evaluate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tasks", help="comma-separated lm-eval task names, or mtlm1")
+    what.add_argument("--arithmetic", metavar="FILE.jsonl", help="greedy exact match on rows with prompt and target")
+    evaluate.add_argument("--num-fewshot", type=int, help="examples in each prompt (default: the task's own)")
+    evaluate.add_argument("--limit", type=float, help="documents per task (a fraction if below 1), for quick checks")
+    evaluate.add_argument("--batch-size", help="lm-eval batch size (1, 8, auto); exact match: rows per batch (64)")
+    evaluate.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                          help="folder of task YAMLs of your own (repeatable); relative data_files are taken relative "
+                          "to each YAML")
+    evaluate.add_argument("--local-data", action="append", default=[], metavar="TASK=PATH",
+                          help="read a task's dataset from a local file (its evaluation split) or a folder of "
+                          "SPLIT.jsonl files (repeatable)")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if there is one, else cpu)")
+    evaluate.add_argument("--output", metavar="OUT.json", help="write the results JSON here (and the table as OUT.md)")
     evaluate.set_defaults(handler=_eval)
+
+    ppl = commands.add_parser(
+        "ppl", help="strided sliding-window perplexity, per token, byte and word",
+        description="Sliding-window perplexity of a checkpoint on a text file (one document) or a .jsonl file (one "
+        "document per row): mean loss per token, token perplexity, bits per byte, byte and word perplexity "
+        "(WikiText's convention), so models with different tokenizers compare. With --stride equal to --max-length "
+        "the windows are lm-eval's loglikelihood_rolling windows.",
+    )
+    ppl.add_argument("checkpoint", help="checkpoint folder")
+    ppl.add_argument("--data", required=True, help="UTF-8 text file, or .jsonl with one document per row")
+    ppl.add_argument("--field", default="text", help="the .jsonl field holding the text (text)")
+    ppl.add_argument("--max-length", type=int, help="tokens per window (default: the model's context)")
+    ppl.add_argument("--stride", type=int, help="tokens a window advances (default: half of --max-length)")
+    ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (8)")
+    ppl.add_argument("--output", metavar="OUT.json", help="write the figures here")
+    ppl.set_defaults(handler=_ppl)
+
+    compare = commands.add_parser(
+        "compare", help="one table and bar chart across models' evaluation results",
+        description="Compare results across models: lm-eval results files (mtlm eval --output, lm_eval "
+        "--output_path), mtlm ppl outputs, or checkpoint folders (their eval_results.json). Prints a markdown "
+        "table (tasks by models) and draws one bar chart per task.",
+    )
+    compare.add_argument("results", nargs="+", help="results JSON files or checkpoint folders")
+    compare.add_argument("--metric", help="metric to show for every task (default: acc, else the task's first)")
+    compare.add_argument("--plot", default="comparison.png", help="bar chart to write (comparison.png)")
+    compare.add_argument("--output", metavar="OUT.md", help="also write the table here")
+    compare.set_defaults(handler=_compare)
     return parser
 
 
@@ -275,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, NonFiniteLossError) as error:
         sys.exit(f"mtlm {args.command}: error: {error}")
 
 

@@ -68,3 +68,11 @@ def read_checkpoint_config(folder: str | os.PathLike) -> dict:
         hint = " Convert it first with `mtlm convert SRC DST`." if model_type in ("llama", "gpt2", "mixtral") else ""
         raise ValueError(f"{folder} holds a {model_type!r} model, not an mtlm one ({', '.join(families)}).{hint}")
     return config
+
+
+def require_tokenizer(folder: str | os.PathLike) -> None:
+    """Refuse a checkpoint folder without a tokenizer before any model is loaded."""
+    folder = Path(folder)
+    if folder.is_dir() and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{folder} has no tokenizer: save one beside the weights with "
+                                "tokenizer.save_pretrained(folder) (mtlm train does this).")

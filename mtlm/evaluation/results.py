@@ -1,0 +1,27 @@
+"""Evaluation results kept in the checkpoint folder (`eval_results.json`), where the model card finds them."""
+
+import json
+import os
+from pathlib import Path
+
+from ..files import atomic_file
+
+RESULTS_FILE = "eval_results.json"
+
+
+def read_checkpoint_results(checkpoint: str | os.PathLike) -> dict:
+    path = Path(checkpoint) / RESULTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def save_into_checkpoint(checkpoint: str | os.PathLike, section: str, summary: dict) -> Path:
+    """Merge `summary` ({key: {name: value}}) into `section` of the folder's eval_results.json: a task or data file
+    evaluated again replaces its earlier entry; the others stay."""
+    results = read_checkpoint_results(checkpoint)
+    stored = results.setdefault(section, {})
+    for key, entries in summary.items():
+        stored.setdefault(key, {}).update(entries)
+    path = Path(checkpoint) / RESULTS_FILE
+    with atomic_file(path) as handle:
+        json.dump(results, handle, indent=2, default=str)
+    return path
