@@ -9,7 +9,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mtlm", "mtlm.*"]),
-    package_data={"mtlm.data": ["corpora/*.txt"]},
+    package_data={"mtlm.data": ["corpora/*.txt"], "mtlm.hub_cards": ["templates/*.md"]},
     python_requires=">=3.10",
     # torch is installed first as `pip install torch==2.13.0`; any range that version satisfies installs nothing more.
     install_requires=[
@@ -23,6 +23,7 @@ setup(
         "pyyaml>=6.0",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "jinja2>=3.0",  # model-card templates
     ],
     extras_require={
         "eval": ["lm-eval>=0.4.13,<0.5"],

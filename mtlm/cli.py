@@ -17,8 +17,10 @@ from .evaluation.compare import comparison_rows, load_run, markdown_comparison, 
 from .evaluation.exact_match import exact_match, read_jsonl
 from .evaluation.perplexity import perplexity, read_documents
 from .evaluation.results import save_into_checkpoint
-from .files import atomic_file, atomic_folder, require_tokenizer
+from .files import atomic_file, atomic_folder, read_checkpoint_config, require_tokenizer
 from .growth import METHODS, grow_folder
+from .hub_cards import write_card
+from .hub_cards.publish import export_folder, push_folder
 from .training import run_config
 from .training.trainer import NonFiniteLossError, sample, train
 
@@ -177,7 +179,8 @@ def _ppl(args: argparse.Namespace) -> None:
                         batch_size=args.batch_size)
     for key, value in result.items():
         print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value:,}")
-    name = Path(args.data).name
+    data = Path(args.data).resolve()
+    name = f"{data.parent.name}/{data.name}"  # wikitext-2/test.txt, not test.txt
     save_into_checkpoint(args.checkpoint, "perplexity", {"results": {name: result}})
     if args.output:
         with atomic_file(args.output) as handle:
@@ -194,6 +197,32 @@ def _compare(args: argparse.Namespace) -> None:
     if args.output:
         with atomic_file(args.output) as handle:
             handle.write(table + "\n")
+
+
+def _card(args: argparse.Namespace) -> None:
+    read_checkpoint_config(args.checkpoint)
+    path = write_card(args.checkpoint, repo_id=args.repo_id, license=args.license, base_model=args.base_model)
+    print(f"Wrote {path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    export_folder(args.checkpoint, args.out, native=args.native, repo_id=args.repo_id, license=args.license,
+                  overwrite=args.overwrite)
+    kind = "a plain transformers architecture (no remote code)" if args.native else "remote code"
+    print(f"Wrote a Hub-ready folder with {kind} to {args.out}")
+
+
+def _push(args: argparse.Namespace) -> None:
+    files = push_folder(args.checkpoint, args.repo_id, private=args.private, revision=args.revision,
+                        dry_run=args.dry_run)
+    for name, size in files:
+        print(f"{size:>14,}  {name}")
+    total = sum(size for _, size in files)
+    where = f"{args.repo_id}" + (f" (branch {args.revision})" if args.revision else "")
+    if args.dry_run:
+        print(f"Dry run: the card is valid; {len(files)} files, {total:,} bytes would be uploaded to {where}.")
+    else:
+        print(f"Uploaded {len(files)} files ({total:,} bytes) to https://huggingface.co/{args.repo_id}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,6 +396,45 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", default="comparison.png", help="bar chart to write (comparison.png)")
     compare.add_argument("--output", metavar="OUT.md", help="also write the table here")
     compare.set_defaults(handler=_compare)
+    card = commands.add_parser(
+        "card", help="write the model card (README.md) of a checkpoint folder",
+        description="Write CHECKPOINT/README.md from what the folder records: architecture and growth history "
+        "(config.json), training (trainer_state.json, run_config.yaml), evaluations (eval_results.json). Hub "
+        "metadata: library_name transformers, pipeline_tag text-generation, tags, datasets, base_model, model-index.",
+    )
+    card.add_argument("checkpoint", help="checkpoint folder")
+    card.add_argument("--repo-id", help="Hub repository the usage snippet names (default: the folder)")
+    card.add_argument("--license", help="licence identifier for the metadata, e.g. apache-2.0 (left out if not given)")
+    card.add_argument("--base-model", help="Hub id of the model this one was grown or fine-tuned from")
+    card.set_defaults(handler=_card)
+
+    export = commands.add_parser(
+        "export", help="write a Hub-ready folder (weights, config, code, tokenizer, card)",
+        description="Write a Hub-ready copy of a checkpoint: safetensors weights, config with auto_map and the code "
+        "files, tokenizer, generation config, training records and the model card. --native writes the upstream "
+        "class (LlamaForCausalLM, GPT2LMHeadModel, MixtralForCausalLM) so that no remote code is needed, or says "
+        "which option of the config prevents it.",
+    )
+    export.add_argument("checkpoint", help="checkpoint folder")
+    export.add_argument("out", help="folder to write (written whole, or not at all)")
+    export.add_argument("--native", action="store_true", help="write the upstream transformers architecture")
+    export.add_argument("--repo-id", help="Hub repository the card's usage snippet names")
+    export.add_argument("--license", help="licence identifier for the card's metadata")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(handler=_export)
+
+    push = commands.add_parser(
+        "push", help="upload a Hub-ready folder to a Hub model repository",
+        description="Check the folder (weights, tokenizer, a valid model card), create the repository if needed and "
+        "upload the folder with huggingface_hub. The token comes from HF_TOKEN or `hf auth login`. --dry-run checks "
+        "everything and lists the files with their sizes, offline, uploading nothing.",
+    )
+    push.add_argument("checkpoint", help="Hub-ready folder (see mtlm export)")
+    push.add_argument("repo_id", help="owner/name of the model repository")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="branch to upload to (created if needed)")
+    push.add_argument("--dry-run", action="store_true", help="validate and list the files; upload nothing")
+    push.set_defaults(handler=_push)
     return parser
 
 
@@ -374,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, NonFiniteLossError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError,
+            NonFiniteLossError) as error:
         sys.exit(f"mtlm {args.command}: error: {error}")
 
 

@@ -98,9 +98,9 @@ def test_perplexity_matches_lm_eval_rolling_loglikelihood(checkpoint, tmp_path):
 
     output = tmp_path / "ppl.json"
     mtlm_main(["ppl", str(checkpoint), "--data", str(ROLLING), "--stride", "16", "--output", str(output)])
-    strided = json.loads(output.read_text())["results"]["rolling.jsonl"]
+    strided = json.loads(output.read_text())["results"]["data/rolling.jsonl"]
     assert strided["stride"] == 16 and strided["max_length"] == CONTEXT and strided["tokens"] == ours["tokens"]
-    assert json.loads((checkpoint / "eval_results.json").read_text())["perplexity"]["results"]["rolling.jsonl"] == \
+    assert json.loads((checkpoint / "eval_results.json").read_text())["perplexity"]["results"]["data/rolling.jsonl"] == \
         strided
 
 

@@ -181,7 +181,9 @@ def test_arithmetic_runs_report_exact_match_and_eval_scores_a_checkpoint(tmp_pat
     capsys.readouterr()
     mtlm_main(["eval", str(tmp_path / "run"), "--arithmetic", str(tmp_path / "data" / "test.jsonl"),
                "--output", str(tmp_path / "em.json")])
-    result = json.loads((tmp_path / "em.json").read_text())
+    result = json.loads((tmp_path / "em.json").read_text())["results"]["test.jsonl"]
+    stored = json.loads((tmp_path / "run" / "eval_results.json").read_text())["exact_match"]["results"]
+    assert stored == {"test.jsonl": result}
     assert result["n"] == 30 and 0.0 <= result["exact_match"] <= 1.0
     assert sum(result["by_digits"].values()) >= 0 and set(result["by_digits"]) <= {"1", "2", "3"}
     assert "exact match" in capsys.readouterr().out

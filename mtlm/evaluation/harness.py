@@ -206,15 +206,22 @@ def evaluate(
     results["model_name"] = Path(checkpoint).resolve().name
     results.pop("samples", None)
     if save:
-        save_into_checkpoint(checkpoint, "lm_eval", card_summary(results, limit))
+        save_into_checkpoint(checkpoint, "lm_eval", card_summary(results, limit, loaded))
     return results
 
 
-def card_summary(results: dict, limit: int | float | None) -> dict:
-    """The per-task parts of lm-eval results that a model card reports, each a mapping keyed by task."""
+def card_summary(results: dict, limit: int | float | None, loaded: list) -> dict:
+    """The per-task parts of lm-eval results that a model card reports, each a mapping keyed by task: the results
+    and settings, and which dataset and split each task read."""
     summary = {key: results[key] for key in ("results", "n-shot", "n-samples", "versions", "higher_is_better")
                if key in results}
     summary["limit"] = {task: limit for task in results["results"]}
+    tasks = [task for item in loaded for task in (item.get_all_tasks() if hasattr(item, "get_all_tasks") else [item])]
+    summary["datasets"] = {
+        task.config.task: {"path": task.config.dataset_path, "name": task.config.dataset_name,
+                           "split": task.config.test_split or task.config.validation_split}
+        for task in tasks
+    }
     return summary
 
 

@@ -5,6 +5,8 @@ tokenizer, generation config), with the resolved run config beside it.
 """
 
 import math
+import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from transformers import (  # noqa: E402
@@ -24,6 +27,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_callback import ExportableState  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ..configuration.presets import preset_config
@@ -47,6 +51,7 @@ TRAINING_DEFAULTS = dict(
     # Without an accelerator, say so: then torchrun / accelerate launch give data-parallel CPU processes (gloo).
     use_cpu=not torch.accelerator.is_available(),
     bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    include_num_input_tokens_seen="non_padding",  # the model card's token count
 )
 
 
@@ -116,6 +121,26 @@ class EvaluationExtras(TrainerCallback):
             print(f"\nstep {state.global_step}: exact match {result['exact_match']:.4f} on {result['n']} examples")
         else:
             print(f"\nstep {state.global_step} sample: {sample(model, self.tokenizer, self.sample_prompt, 100)!r}")
+
+
+class TrainingEnvironment(TrainerCallback, ExportableState):
+    """Records where a run trained (device, process count, library versions) in trainer_state.json, beside the steps,
+    tokens and FLOPs the Trainer records there, for the model card."""
+
+    def __init__(self, hardware: str | None = None, processes: int | None = None, software: str | None = None):
+        self.hardware = hardware or describe_hardware()
+        self.processes = processes or PartialState().num_processes
+        self.software = software or f"torch {torch.__version__}, transformers {transformers.__version__}"
+
+    def state(self) -> dict:
+        return {"args": {"hardware": self.hardware, "processes": self.processes, "software": self.software},
+                "attributes": {}}
+
+
+def describe_hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
 def load_texts(data: dict) -> DatasetDict:
@@ -291,7 +316,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         eval_dataset=datasets[evaluation_split] if evaluation_split else None,
         data_collator=collator(tokenizer),
         processing_class=tokenizer,
-        callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt)],
+        callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment()],
     )
     try:
         trainer.train(resume_from_checkpoint=True if resume else None)
