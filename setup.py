@@ -28,7 +28,7 @@ setup(
     extras_require={
         "eval": ["lm-eval>=0.4.13,<0.5"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "lm-eval>=0.4.13,<0.5"],
-        "flax": ["jax>=0.6", "flax>=0.11", "optax>=0.2", "orbax-checkpoint>=0.11"],
+        "flax": ["jax>=0.6", "flax>=0.12", "optax>=0.2.8"],
         "cuda": ["flash-attn>=2.6"],
     },
     entry_points={"console_scripts": ["mtlm=mtlm.cli:main"]},

@@ -41,3 +41,12 @@ __all__ = [
     "MtlmMoeForCausalLM",
     "MtlmMoeModel",
 ]
+
+
+def __getattr__(name: str):
+    # The Flax twins load on first use: jax and flax are the optional [flax] extra.
+    if name in ("FlaxAutoModelForCausalLM", "FlaxMtlmForCausalLM"):
+        from .modeling import flax_mtlm
+
+        return getattr(flax_mtlm, name)
+    raise AttributeError(f"module 'mtlm' has no attribute {name!r}")

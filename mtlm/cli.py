@@ -62,12 +62,26 @@ def _data_arithmetic(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     run = run_config.load(args.config, args.set)
+    if args.backend == "flax":
+        _train_flax(run, args)
+        return
     trainer = train(run, overwrite=args.overwrite, resume=args.resume, sample_prompt=args.sample_prompt)
     if not trainer.is_world_process_zero():
         return
     output_dir = run["training"]["output_dir"]
     print(f"\nSaved the model to {output_dir}. A sample:\n")
     print(sample(trainer.model, trainer.processing_class, args.sample_prompt))
+
+
+def _train_flax(run: dict, args: argparse.Namespace) -> None:
+    try:
+        from .training.flax_trainer import train_flax
+    except ImportError as error:
+        raise ImportError(f"--backend flax needs jax, flax and optax ({error}): pip install 'mtlm[flax]'.") from None
+    state = train_flax(run, overwrite=args.overwrite, resume=args.resume)
+    output_dir = run["training"]["output_dir"]
+    print(f"\nSaved the model to {output_dir} after {state['global_step']} steps; it loads with "
+          "AutoModelForCausalLM and with mtlm.FlaxAutoModelForCausalLM.")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -299,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
     train.add_argument("--sample-prompt", default="\n", help="prompt of the sample printed at the end")
+    train.add_argument("--backend", choices=("torch", "flax"), default="torch",
+                       help="torch: the HF Trainer; flax: the Flax twin with optax on a (data, fsdp) device mesh set "
+                       "by the config's flax section (needs the [flax] extra)")
     train.set_defaults(handler=_train)
 
     generate = commands.add_parser(

@@ -21,7 +21,8 @@ TOKENIZER_KINDS = {"arithmetic", "byte", "char", "bpe", "pretrained"}
 DATA_KEYS = {"source", "path", "files", "splits", "name", "config", "block_size", "num_proc", "arithmetic"}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir", "n_samples", "N", "A", "B", "ops", "seed"}
-SECTIONS = ("model", "tokenizer", "data", "training")
+FLAX_KEYS = {"data_parallel", "fsdp"}  # the device mesh of --backend flax
+SECTIONS = ("model", "tokenizer", "data", "training", "flax")
 
 
 def _unknown(key: str, valid, where: str) -> ValueError:
@@ -72,7 +73,7 @@ def validate(run: dict) -> dict:
     for key in model:
         if key not in valid_model_keys:
             raise _unknown(key, valid_model_keys, "model")
-    for section, valid in (("tokenizer", TOKENIZER_KEYS), ("data", DATA_KEYS)):
+    for section, valid in (("tokenizer", TOKENIZER_KEYS), ("data", DATA_KEYS), ("flax", FLAX_KEYS)):
         for key in run[section]:
             if key not in valid:
                 raise _unknown(key, valid, section)

@@ -282,8 +282,10 @@ def plot_losses(log_history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str = "\n") -> Trainer:
-    """Run the training a validated run config describes; returns the Trainer."""
+def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str = "\n",
+          callbacks: tuple[TrainerCallback, ...] = ()) -> Trainer:
+    """Run the training a validated run config describes (with any extra Trainer `callbacks`); returns the
+    Trainer."""
     training = {**TRAINING_DEFAULTS, **run["training"]}
     output_dir = Path(training["output_dir"])
     # Under torchrun / accelerate launch every process runs this; the main one owns the folder and builds the data
@@ -316,7 +318,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         eval_dataset=datasets[evaluation_split] if evaluation_split else None,
         data_collator=collator(tokenizer),
         processing_class=tokenizer,
-        callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment()],
+        callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(), *callbacks],
     )
     try:
         trainer.train(resume_from_checkpoint=True if resume else None)

@@ -1,0 +1,348 @@
+"""`mtlm train CONFIG --backend flax`: the same run config trained by the Flax twin with optax on a device mesh.
+
+The mesh has a `data` axis (batch split across devices, MTLM2's 1-D data mesh when it is the only one) and an `fsdp`
+axis (batch split further, and each weight matrix sharded along its larger dimension). The train step is one
+jit-compiled function. The recipe is the PyTorch Trainer's: AdamW with decoupled weight decay on matrices only,
+linear warm-up then cosine to `min_lr_rate`·lr, gradient clipping; `bf16` computes in bfloat16 (float32 master
+weights), `gradient_checkpointing` rematerialises each layer. Checkpoints are the usual folders (safetensors in
+PyTorch names) plus the optimizer state, so a run resumes on the same loss curve and every folder loads in PyTorch.
+"""
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
+from . import run_config
+from .trainer import (
+    TRAINING_DEFAULTS,
+    build_datasets,
+    build_model_config,
+    build_tokenizer,
+    load_texts,
+    plot_losses,
+    prepare_output_dir,
+)
+
+OPTIMIZER_STATE = "flax_optimizer_state.npz"  # the optax state's leaves, in tree order
+SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
+
+
+def make_mesh(data: int | None = None, fsdp: int = 1) -> Mesh:
+    """A (data, fsdp) mesh over the first data * fsdp devices (all devices on the data axis by default)."""
+    devices = jax.devices()
+    data = data or len(devices) // fsdp
+    if data * fsdp > len(devices) or data < 1 or fsdp < 1:
+        raise ValueError(f"A mesh of data={data} x fsdp={fsdp} needs {data * fsdp} devices; there are {len(devices)} "
+                         f"({devices[0].platform}). Set flax.data_parallel / flax.fsdp to fit.")
+    return Mesh(np.array(devices[: data * fsdp]).reshape(data, fsdp), ("data", "fsdp"))
+
+
+def parameter_sharding(mesh: Mesh, value: jax.Array) -> NamedSharding:
+    """Shard a matrix's larger dimension over `fsdp` when it divides evenly; replicate everything else."""
+    fsdp = mesh.shape["fsdp"]
+    if value.ndim >= 2 and fsdp > 1:
+        for axis in sorted(range(value.ndim), key=lambda axis: -value.shape[axis]):
+            if value.shape[axis] % fsdp == 0:
+                spec = [None] * value.ndim
+                spec[axis] = "fsdp"
+                return NamedSharding(mesh, P(*spec))
+    return NamedSharding(mesh, P())
+
+
+def learning_rate_schedule(training: dict) -> optax.Schedule:
+    """The Trainer's schedules, as optax functions of the optimizer step."""
+    peak, steps = training["learning_rate"], training["max_steps"]
+    warmup = training.get("warmup_steps", 0)
+    kind = training["lr_scheduler_type"]
+    if kind not in SCHEDULES:
+        raise ValueError(f"lr_scheduler_type={kind!r} is not available with --backend flax; use one of "
+                         f"{', '.join(SCHEDULES)}.")
+    if kind in ("cosine", "cosine_with_min_lr"):
+        floor = (training.get("lr_scheduler_kwargs") or {}).get("min_lr_rate", 0.0) if kind != "cosine" else 0.0
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=floor * peak)
+    warm = optax.linear_schedule(0.0, peak, warmup) if warmup else optax.constant_schedule(peak)
+    after = optax.linear_schedule(peak, 0.0, steps - warmup) if kind == "linear" else optax.constant_schedule(peak)
+    return optax.join_schedules([warm, after], [warmup])
+
+
+def make_optimizer(training: dict, params) -> optax.GradientTransformation:
+    """Clip, then AdamW with weight decay on matrices (ndim >= 2) only."""
+    decay_mask = jax.tree.map(lambda value: value.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(training["max_grad_norm"]),
+        optax.adamw(learning_rate_schedule(training), b1=training["adam_beta1"], b2=training["adam_beta2"],
+                    eps=training.get("adam_epsilon", 1e-8), weight_decay=training["weight_decay"], mask=decay_mask),
+    )
+
+
+def load_balancing_loss(router_logits: list[jax.Array], num_experts: int, top_k: int) -> jax.Array:
+    """Mixtral's auxiliary loss over all layers' router logits (tokens, experts), as transformers computes it."""
+    logits = jnp.concatenate(router_logits, axis=0).astype(jnp.float32)
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    _, selected = jax.lax.top_k(probabilities, top_k)
+    expert_mask = jax.nn.one_hot(selected, num_experts)
+    tokens_per_expert = expert_mask.mean(axis=0)
+    return num_experts * jnp.sum(tokens_per_expert * probabilities.mean(axis=0)[None, :])
+
+
+def next_token_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of logits[:, :-1] against labels[:, 1:], ignoring -100."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    valid = labels != -100
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    return jnp.sum(losses * valid) / jnp.maximum(valid.sum(), 1)
+
+
+class FlaxTrainer:
+    """Holds the split model (graph, parameters, other state), the optimizer state and the compiled steps."""
+
+    def __init__(self, model: FlaxMtlmForCausalLM, training: dict, mesh: Mesh):
+        self.mesh, self.training, self.config = mesh, training, model.config
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.params = jax.device_put(params, jax.tree.map(lambda value: parameter_sharding(mesh, value), params))
+        self.rest = jax.device_put(self.rest, NamedSharding(mesh, P()))
+        self.optimizer = make_optimizer(training, self.params)
+        self.opt_state = self.optimizer.init(self.params)
+        self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+        self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1, 2))
+        self.eval_step = jax.jit(self._eval_step)
+
+    def _loss(self, params, rest, batch):
+        model = nnx.merge(self.graphdef, params, rest)
+        output, intermediates = nnx.capture(model, nnx.Intermediate)(batch["input_ids"],
+                                                                      attention_mask=batch["attention_mask"])
+        loss = next_token_loss(output.logits, batch["labels"])
+        aux_loss = jnp.zeros(())
+        if self.config.model_type == "mtlm_moe":
+            router_logits = [value for _, value in sorted(nnx.to_flat_state(intermediates))]
+            router_logits = [value.get_value() if hasattr(value, "get_value") else value for value in router_logits]
+            router_logits = [value[0] if isinstance(value, tuple) else value for value in router_logits]
+            aux_loss = load_balancing_loss(router_logits, self.config.num_local_experts,
+                                           self.config.num_experts_per_tok)
+            loss = loss + self.config.router_aux_loss_coef * aux_loss
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return loss, (rest, aux_loss)
+
+    def _train_step(self, params, opt_state, rest, batch):
+        (loss, (rest, aux_loss)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, batch)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, rest, {"loss": loss, "grad_norm": optax.tree.norm(grads), "aux_loss": aux_loss}
+
+    def _eval_step(self, params, rest, batch):
+        model = nnx.merge(self.graphdef, params, rest)
+        model.eval()
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        valid = labels != -100
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], jnp.where(valid, labels, 0))
+        return jnp.sum(losses * valid), valid.sum()
+
+    def step(self, batch: dict) -> dict:
+        batch = jax.device_put(batch, self.batch_sharding)
+        self.params, self.opt_state, self.rest, metrics = self.train_step(self.params, self.opt_state, self.rest, batch)
+        return metrics
+
+    def evaluate(self, batches) -> float:
+        total, count = 0.0, 0
+        for batch in batches:
+            loss_sum, tokens = self.eval_step(self.params, self.rest, jax.device_put(batch, self.batch_sharding))
+            total, count = total + float(loss_sum), count + int(tokens)
+        return total / max(count, 1)
+
+    def model(self) -> FlaxMtlmForCausalLM:
+        return nnx.merge(self.graphdef, jax.device_get(self.params), jax.device_get(self.rest))
+
+    def save(self, folder: Path, tokenizer, state: dict) -> None:
+        """A checkpoint folder (PyTorch-loadable model, tokenizer, trainer_state.json, optimizer state), written in a
+        staging folder and renamed into place."""
+        staging = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        model = self.model()
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        with open(staging / OPTIMIZER_STATE, "wb") as handle:
+            np.savez(handle, *[np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(self.opt_state))])
+        (staging / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+
+    def restore(self, folder: Path) -> None:
+        model = FlaxMtlmForCausalLM.from_pretrained(folder)
+        _, params, _ = nnx.split(model, nnx.Param, ...)
+        self.params = jax.device_put(params, jax.tree.map(lambda value: parameter_sharding(self.mesh, value), params))
+        with np.load(folder / OPTIMIZER_STATE) as stored:
+            leaves = [stored[f"arr_{index}"] for index in range(len(stored.files))]
+        template = jax.tree.leaves(self.opt_state)
+        if len(leaves) != len(template):
+            raise ValueError(f"{folder / OPTIMIZER_STATE} does not fit this run's optimizer: resume with the config "
+                             "that wrote it.")
+        self.opt_state = jax.tree.unflatten(jax.tree.structure(self.opt_state), [
+            jax.device_put(jnp.asarray(leaf, current.dtype), current.sharding) for leaf, current in zip(leaves, template)
+        ])
+
+
+def batches(rows: np.ndarray, batch_size: int, seed: int, start_step: int, steps: int):
+    """Batches of packed blocks for optimizer steps start_step .. steps - 1: the blocks in a seeded order per epoch,
+    so that a resumed run sees the same batches as an uninterrupted one."""
+    per_epoch = len(rows) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"The training split has {len(rows)} blocks, fewer than one batch of {batch_size}.")
+    for step in range(start_step, steps):
+        epoch, position = divmod(step, per_epoch)
+        order = np.random.default_rng(seed + epoch).permutation(len(rows))
+        block = rows[order[position * batch_size : (position + 1) * batch_size]]
+        yield {"input_ids": block, "attention_mask": np.ones_like(block), "labels": block}
+
+
+def evaluation_batches(rows: np.ndarray, batch_size: int):
+    """Whole batches of the validation blocks (a ragged last batch is padded with ignored rows)."""
+    for start in range(0, len(rows), batch_size):
+        block = rows[start : start + batch_size]
+        labels = block.copy()
+        if len(block) < batch_size:
+            padding = batch_size - len(block)
+            block = np.concatenate([block, np.zeros((padding, block.shape[1]), block.dtype)])
+            labels = np.concatenate([labels, np.full((padding, labels.shape[1]), -100, labels.dtype)])
+        yield {"input_ids": block, "attention_mask": np.ones_like(block), "labels": labels}
+
+
+def packed_rows(dataset) -> np.ndarray:
+    return np.asarray(dataset.with_format("numpy")["input_ids"], dtype=np.int32)
+
+
+def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict:
+    """Run the training a validated run config describes with the Flax twin; returns the final trainer state."""
+    training = {**TRAINING_DEFAULTS, **run["training"]}
+    flax_options = run.get("flax") or {}
+    if run["data"].get("source") == "arithmetic":
+        raise ValueError("--backend flax trains on text (packed blocks); prompt/target data trains with the PyTorch "
+                         "backend.")
+    if not training.get("max_steps") or training["max_steps"] < 1:
+        raise ValueError("--backend flax needs training.max_steps.")
+    output_dir = Path(training["output_dir"])
+    prepare_output_dir(output_dir, overwrite, resume)
+    mesh = make_mesh(flax_options.get("data_parallel"), flax_options.get("fsdp", 1))
+    devices = mesh.devices.size
+    global_batch = training.get("per_device_train_batch_size", 8) * devices
+    eval_batch = training.get("per_device_eval_batch_size", 8) * devices
+
+    init_from = run["model"].get("init_from")
+    texts = load_texts(run["data"])
+    tokenizer = build_tokenizer(run["tokenizer"], texts, init_from)
+    config = build_model_config(run["model"], tokenizer)
+    datasets = build_datasets(run["data"], texts, tokenizer)
+    run_config.save(run, output_dir)
+    options = {"dtype": jnp.bfloat16 if training.get("bf16") else jnp.float32,
+               "remat": bool(training.get("gradient_checkpointing"))}
+    seed = training.get("seed", 42)
+    model = FlaxMtlmForCausalLM.from_config(config, seed=seed, **options)
+    if init_from:
+        model.load_state_dict(read_safetensors(Path(init_from)))
+    model.train()
+    trainer = FlaxTrainer(model, training, mesh)
+
+    state = {"global_step": 0, "max_steps": training["max_steps"], "log_history": [], "total_flos": 0.0,
+             "num_input_tokens_seen": 0, "train_batch_size": global_batch,
+             "stateful_callbacks": {"TrainingEnvironment": {"args": {
+                 "hardware": f"{devices} x {jax.devices()[0].device_kind} ({jax.default_backend()})",
+                 "processes": jax.process_count(), "software": f"jax {jax.__version__}, flax (mtlm Flax trainer)"},
+                 "attributes": {}}}}
+    last = last_checkpoint(output_dir) if resume else None
+    if resume and last is None:
+        raise FileNotFoundError(f"--resume: {output_dir} holds no checkpoint-* folder to continue from.")
+    if last is not None:
+        trainer.restore(last)
+        state = json.loads((last / "trainer_state.json").read_text())
+        print(f"Resuming from {last} at step {state['global_step']}")
+
+    train_rows = packed_rows(datasets["train"])
+    validation_rows = packed_rows(datasets["validation"]) if "validation" in datasets else None
+    block = train_rows.shape[1]
+    flops_per_step = 3 * forward_flops_per_token(config, block) * block * global_batch
+    logging_steps = int(training.get("logging_steps", 50))
+    eval_every = int(training.get("eval_steps") or logging_steps) if training.get("eval_strategy") == "steps" else 0
+    save_every = int(training.get("save_steps", 500)) if training.get("save_strategy", "steps") == "steps" else 0
+    window, window_start = [], time.perf_counter()
+    progress = tqdm(total=training["max_steps"], initial=state["global_step"], desc="Flax training",
+                    disable=training.get("disable_tqdm", False))
+    for batch in batches(train_rows, global_batch, seed, state["global_step"], training["max_steps"]):
+        metrics = trainer.step(batch)
+        state["global_step"] += 1
+        state["num_input_tokens_seen"] += int(batch["input_ids"].size)
+        state["total_flos"] += flops_per_step
+        window.append(metrics)
+        step = state["global_step"]
+        progress.update(1)
+        if step % logging_steps == 0 or step == training["max_steps"]:
+            elapsed = time.perf_counter() - window_start
+            entry = {"loss": float(np.mean([float(item["loss"]) for item in window])),
+                     "grad_norm": float(window[-1]["grad_norm"]),
+                     "learning_rate": float(learning_rate_schedule(training)(step - 1)),
+                     "tokens_per_second": len(window) * batch["input_ids"].size / elapsed,
+                     "flos": state["total_flos"], "num_input_tokens_seen": state["num_input_tokens_seen"],
+                     "step": step}
+            if config.model_type == "mtlm_moe":
+                entry["aux_loss"] = float(np.mean([float(item["aux_loss"]) for item in window]))
+            state["log_history"].append(entry)
+            progress.write(str({key: round(value, 4) if isinstance(value, float) else value
+                                for key, value in entry.items()}))
+            window, window_start = [], time.perf_counter()
+        if validation_rows is not None and eval_every and (step % eval_every == 0 or step == training["max_steps"]):
+            eval_loss = trainer.evaluate(evaluation_batches(validation_rows, eval_batch))
+            entry = {"eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0)),
+                     "flos": state["total_flos"], "step": step}
+            state["log_history"].append(entry)
+            progress.write(str(entry))
+            window_start = time.perf_counter()
+        if save_every and step % save_every == 0 and step < training["max_steps"]:
+            trainer.save(output_dir / f"checkpoint-{step}", tokenizer, state)
+            rotate_checkpoints(output_dir, training.get("save_total_limit"))
+    progress.close()
+    save_final(trainer, tokenizer, state, output_dir)
+    plot_losses(state["log_history"], output_dir / "loss.png")
+    return state
+
+
+def forward_flops_per_token(config, sequence_length: int) -> int:
+    """The PyTorch family's analytic count (the model is built on the meta device: nothing is allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config).forward_flops_per_token(sequence_length)
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    folders = [path for path in output_dir.glob("checkpoint-*") if (path / OPTIMIZER_STATE).is_file()]
+    return max(folders, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
+    if not limit:
+        return
+    folders = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
+    for folder in folders[:-limit]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_final(trainer: FlaxTrainer, tokenizer, state: dict, output_dir: Path) -> None:
+    """The final model at the root of the output folder, each file moved into place from a staging folder."""
+    staging = output_dir / ".final-model.partial"
+    trainer.save(staging, tokenizer, state)
+    for path in staging.iterdir():
+        if path.name != OPTIMIZER_STATE:
+            path.replace(output_dir / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
