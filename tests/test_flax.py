@@ -64,7 +64,6 @@ def test_pytorch_checkpoints_load_in_flax_with_the_same_logits(family, overrides
 @pytest.mark.parametrize("family, overrides", VARIANTS)
 def test_flax_written_folders_load_in_pytorch_with_the_same_logits(family, overrides, tmp_path):
     twin = mtlm.FlaxAutoModelForCausalLM.from_config(tiny_config(family, **overrides), seed=3)
-    twin.eval()
     twin.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].endswith("ForCausalLM") and (tmp_path / "mtlm_blocks.py").is_file()
@@ -97,9 +96,10 @@ def test_generation_matches_pytorch_and_handles_padding_and_sampling(family, tmp
     np.testing.assert_array_equal(top1, expected)
 
 
-def flax_run(tmp_path: Path, **training) -> dict:
-    run = tiny_run(tmp_path, training={"max_steps": 30, "logging_steps": 5, "eval_strategy": "steps",
-                                       "eval_steps": 15, "output_dir": str(tmp_path / "flax"), **training})
+def flax_run(tmp_path: Path, model: dict | None = None, **training) -> dict:
+    run = tiny_run(tmp_path, model=model or {}, training={"max_steps": 30, "logging_steps": 5, "eval_strategy": "steps",
+                                                          "eval_steps": 15, "output_dir": str(tmp_path / "flax"),
+                                                          **training})
     return run_config.validate(run)
 
 
@@ -160,16 +160,26 @@ def test_losses_on_eight_simulated_devices_match_one_device(tmp_path):
 
 def test_a_resumed_flax_run_continues_on_the_same_loss_curve(tmp_path):
     settings = {"max_steps": 10, "logging_steps": 1, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 5}
-    whole = train_flax(flax_run(tmp_path, **settings))
+    dropout = {"hidden_dropout": 0.1, "attention_dropout": 0.1}  # the masks of a step are a function of the step
+    whole = train_flax(flax_run(tmp_path, dropout, **settings))
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
     shutil.copytree(tmp_path / "flax" / "checkpoint-5", interrupted / "checkpoint-5")
-    resumed = train_flax(flax_run(tmp_path, **settings, output_dir=str(interrupted)), resume=True)
+    resumed = train_flax(flax_run(tmp_path, dropout, **settings, output_dir=str(interrupted)), resume=True)
     tail = [entry["loss"] for entry in whole["log_history"] if entry["step"] > 5]
     np.testing.assert_allclose([entry["loss"] for entry in resumed["log_history"] if entry["step"] > 5], tail,
                                rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         train_flax(flax_run(tmp_path, **settings, output_dir=str(tmp_path / "empty")), resume=True)
+
+
+def test_bf16_compute_and_rematerialisation_train_float32_weights(tmp_path):
+    state = train_flax(flax_run(tmp_path, max_steps=8, logging_steps=4, eval_strategy="no", bf16=True,
+                                gradient_checkpointing=True))
+    losses = [entry["loss"] for entry in state["log_history"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "flax")
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
 
 
 def test_mtlm_works_without_jax_and_says_how_to_get_the_flax_backend(tmp_path):

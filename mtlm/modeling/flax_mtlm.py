@@ -34,6 +34,15 @@ def normal(rngs: nnx.Rngs, shape: tuple, std: float, dtype) -> jax.Array:
     return std * jax.random.normal(rngs.params(), shape, dtype)
 
 
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; none without a key (inference) or at rate 0. Keys are passed in, not kept in the model,
+    so that a training step is a pure function of (parameters, batch, step)."""
+    if key is None or not rate:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def residual_std(config) -> float:
     if config.scale_residual_init:
         return config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
@@ -145,10 +154,11 @@ class Attention(nnx.Module):
         self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias, std, rngs=rngs, param_dtype=param_dtype)
         self.o_proj = Linear(self.num_heads * self.head_dim, hidden, bias, residual_std(config), rngs=rngs,
                              param_dtype=param_dtype)
-        self.dropout = nnx.Dropout(config.attention_dropout, rngs=rngs)
+        self.dropout_rate = config.attention_dropout
 
     def __call__(self, x: jax.Array, rotary, key_mask: jax.Array, query_positions: jax.Array,
-                 layer_cache: tuple[jax.Array, jax.Array] | None, write_at: jax.Array | None):
+                 layer_cache: tuple[jax.Array, jax.Array] | None, write_at: jax.Array | None,
+                 dropout_key: jax.Array | None = None):
         """x: (batch, seq, hidden); key_mask: (batch, keys) 1 for real tokens; query_positions: (batch, seq) index
         of each query among the keys. Returns (batch, seq, hidden) and the layer's updated (keys, values)."""
         batch, seq, _ = x.shape
@@ -167,7 +177,7 @@ class Attention(nnx.Module):
         key_positions = jnp.arange(key.shape[1])
         allowed = (key_positions[None, None, :] <= query_positions[:, :, None]) & (key_mask[:, None, :] > 0)
         scores = jnp.where(allowed[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        probabilities = self.dropout(jax.nn.softmax(scores, axis=-1).astype(x.dtype))
+        probabilities = dropout(jax.nn.softmax(scores, axis=-1).astype(x.dtype), self.dropout_rate, dropout_key)
         output = jnp.einsum("bhgqk,bkhd->bqhgd", probabilities, value.astype(x.dtype))
         return self.o_proj(output.reshape(batch, seq, -1)), (key, value)
 
@@ -257,13 +267,14 @@ class DecoderLayer(nnx.Module):
         self.mlp = mlp_class(config, rngs=rngs, param_dtype=param_dtype)
         self.input_layernorm = make_norm(config, param_dtype)
         self.post_attention_layernorm = make_norm(config, param_dtype)
-        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+        self.dropout_rate = config.hidden_dropout
 
-    def __call__(self, x, rotary, key_mask, query_positions, layer_cache, write_at):
+    def __call__(self, x, rotary, key_mask, query_positions, layer_cache, write_at, dropout_key=None):
+        keys = jax.random.split(dropout_key, 3) if dropout_key is not None else [None] * 3
         attention, layer_cache = self.self_attn(self.input_layernorm(x), rotary, key_mask, query_positions,
-                                                layer_cache, write_at)
-        x = x + self.dropout(attention)
-        return x + self.dropout(self.mlp(self.post_attention_layernorm(x))), layer_cache
+                                                layer_cache, write_at, keys[0])
+        x = x + dropout(attention, self.dropout_rate, keys[1])
+        return x + dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout_rate, keys[2]), layer_cache
 
 
 class Backbone(nnx.Module):
@@ -278,7 +289,6 @@ class Backbone(nnx.Module):
         self.layers = nnx.List([DecoderLayer(config, mlp_class, rngs=rngs, param_dtype=param_dtype)
                                 for _ in range(config.num_hidden_layers)])
         self.norm = make_norm(config, param_dtype)
-        self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
 
 
 @dataclass
@@ -305,9 +315,11 @@ class FlaxMtlmForCausalLM(nnx.Module):
                                   param_dtype=param_dtype)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None, cache: KVCache | None = None) -> FlaxCausalLMOutput:
+                 position_ids: jax.Array | None = None, cache: KVCache | None = None,
+                 dropout_key: jax.Array | None = None) -> FlaxCausalLMOutput:
         """input_ids: (batch, seq); attention_mask: (batch, seq), 0 on padding; position_ids: (batch, seq), by
-        default counted from the cache's index. With `cache`, the new keys and values are written at its index."""
+        default counted from the cache's index. With `cache`, the new keys and values are written at its index.
+        `dropout_key` turns on the config's dropout (training)."""
         batch, seq = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((batch, seq), jnp.int32)
@@ -322,7 +334,9 @@ class FlaxMtlmForCausalLM(nnx.Module):
             hidden = hidden + backbone.embed_positions(position_ids, self.dtype)
         else:
             rotary = rotary_tables(self.config, position_ids)
-        hidden = backbone.dropout(hidden)
+        layer_keys = jax.random.split(dropout_key, len(backbone.layers) + 1) if dropout_key is not None else \
+            [None] * (len(backbone.layers) + 1)
+        hidden = dropout(hidden, self.config.hidden_dropout, layer_keys[-1])
         if cache is not None:
             key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask.astype(cache.mask.dtype), start,
                                                            1)
@@ -332,7 +346,8 @@ class FlaxMtlmForCausalLM(nnx.Module):
         for index, layer in enumerate(backbone.layers):
             layer_cache = (cache.keys[index], cache.values[index]) if cache is not None else None
             call = nnx.remat(type(layer).__call__) if self.remat else type(layer).__call__
-            hidden, (keys, values) = call(layer, hidden, rotary, key_mask, query_positions, layer_cache, start)
+            hidden, (keys, values) = call(layer, hidden, rotary, key_mask, query_positions, layer_cache, start,
+                                          layer_keys[index])
             new_keys.append(keys)
             new_values.append(values)
         hidden = backbone.norm(hidden)
@@ -395,7 +410,6 @@ class FlaxMtlmForCausalLM(nnx.Module):
                              f"{', '.join(FLAX_CLASSES)}.")
         model = FLAX_CLASSES[config.model_type](config, rngs=nnx.Rngs(0), **options)
         model.load_state_dict(read_safetensors(folder))
-        model.eval()
         return model
 
     def save_pretrained(self, folder) -> None:

@@ -110,6 +110,7 @@ class FlaxTrainer:
 
     def __init__(self, model: FlaxMtlmForCausalLM, training: dict, mesh: Mesh):
         self.mesh, self.training, self.config = mesh, training, model.config
+        self.seed = training.get("seed", 42)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self.params = jax.device_put(params, jax.tree.map(lambda value: parameter_sharding(mesh, value), params))
         self.rest = jax.device_put(self.rest, NamedSharding(mesh, P()))
@@ -119,10 +120,10 @@ class FlaxTrainer:
         self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1, 2))
         self.eval_step = jax.jit(self._eval_step)
 
-    def _loss(self, params, rest, batch):
+    def _loss(self, params, rest, batch, dropout_key):
         model = nnx.merge(self.graphdef, params, rest)
-        output, intermediates = nnx.capture(model, nnx.Intermediate)(batch["input_ids"],
-                                                                      attention_mask=batch["attention_mask"])
+        output, intermediates = nnx.capture(model, nnx.Intermediate)(
+            batch["input_ids"], attention_mask=batch["attention_mask"], dropout_key=dropout_key)
         loss = next_token_loss(output.logits, batch["labels"])
         aux_loss = jnp.zeros(())
         if self.config.model_type == "mtlm_moe":
@@ -135,24 +136,26 @@ class FlaxTrainer:
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return loss, (rest, aux_loss)
 
-    def _train_step(self, params, opt_state, rest, batch):
-        (loss, (rest, aux_loss)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, batch)
+    def _train_step(self, params, opt_state, rest, batch, step):
+        dropout_key = jax.random.fold_in(jax.random.key(self.seed), step)  # a resumed run draws the same masks
+        (loss, (rest, aux_loss)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, batch,
+                                                                                      dropout_key)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, rest, {"loss": loss, "grad_norm": optax.tree.norm(grads), "aux_loss": aux_loss}
 
     def _eval_step(self, params, rest, batch):
         model = nnx.merge(self.graphdef, params, rest)
-        model.eval()
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         valid = labels != -100
         losses = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], jnp.where(valid, labels, 0))
         return jnp.sum(losses * valid), valid.sum()
 
-    def step(self, batch: dict) -> dict:
+    def step(self, batch: dict, step: int) -> dict:
         batch = jax.device_put(batch, self.batch_sharding)
-        self.params, self.opt_state, self.rest, metrics = self.train_step(self.params, self.opt_state, self.rest, batch)
+        self.params, self.opt_state, self.rest, metrics = self.train_step(self.params, self.opt_state, self.rest, batch,
+                                                                          step)
         return metrics
 
     def evaluate(self, batches) -> float:
@@ -251,7 +254,6 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     model = FlaxMtlmForCausalLM.from_config(config, seed=seed, **options)
     if init_from:
         model.load_state_dict(read_safetensors(Path(init_from)))
-    model.train()
     trainer = FlaxTrainer(model, training, mesh)
 
     state = {"global_step": 0, "max_steps": training["max_steps"], "log_history": [], "total_flos": 0.0,
@@ -279,7 +281,7 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     progress = tqdm(total=training["max_steps"], initial=state["global_step"], desc="Flax training",
                     disable=training.get("disable_tqdm", False))
     for batch in batches(train_rows, global_batch, seed, state["global_step"], training["max_steps"]):
-        metrics = trainer.step(batch)
+        metrics = trainer.step(batch, state["global_step"])
         state["global_step"] += 1
         state["num_input_tokens_seen"] += int(batch["input_ids"].size)
         state["total_flos"] += flops_per_step
