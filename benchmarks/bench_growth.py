@@ -59,13 +59,6 @@ def flops_to_reach(points: list[tuple[float, float]], target: float) -> float | 
     return None
 
 
-def loss_at(points: list[tuple[float, float]], flops: float) -> float | None:
-    for (flops_before, loss_before), (flops_after, loss_after) in zip(points, points[1:]):
-        if flops_before <= flops <= flops_after:
-            return loss_before + (loss_after - loss_before) * (flops - flops_before) / (flops_after - flops_before)
-    return None
-
-
 def timed_train(name: str, run: dict):
     start = time.perf_counter()
     trainer = train(run, overwrite=True)
@@ -91,11 +84,11 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/bench-growth")
     parser.add_argument("--plot", default="docs/growth.png")
     parser.add_argument("--results", default="benchmarks/results/growth.json")
-    parser.add_argument("--replot", action="store_true", help="redraw the plot from --results without training")
+    parser.add_argument("--report", action="store_true", help="table and plot from --results, without training")
     args = parser.parse_args()
-    if args.replot:
+    if args.report:
         results = json.loads(Path(args.results).read_text())
-        plot(results["curves"], results["settings"]["base_layers"], args.plot)
+        report(results["curves"], results["settings"], args.plot)
         return
 
     work = Path(args.work_dir)
@@ -120,38 +113,32 @@ def main() -> None:
                                                  {"init_from": str(folder / "init")}))
             curves[name] = curve(trainer, flops_offset=base_flops)
 
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps({"settings": vars(args), "curves": curves}, indent=2))
+    report(curves, vars(args), args.plot)
+    print(f"\nplot: {args.plot}; curves: {args.results}")
+
+
+def report(curves: dict, settings: dict, plot_path: str) -> None:
+    """Print the comparison table and draw the plot."""
+    base_flops, base_loss = curves["base"][-1]
     scratch_flops, scratch_loss = curves["scratch"][-1]
-    rows = []
+    print(f"\nbase: {settings['base_layers']} layers, {settings['base_steps']} steps, {base_flops:.3g} FLOPs, final "
+          f"validation loss {base_loss:.4f}")
+    print(f"scratch: {2 * settings['base_layers']} layers, {settings['scratch_steps']} steps, {scratch_flops:.3g} "
+          f"FLOPs, final validation loss {scratch_loss:.4f}\n")
+    print("| grown run | loss right after growth | final loss | total FLOPs / scratch's | final loss - scratch's | "
+          "FLOPs to reach scratch's final loss | FLOPs saved |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, points in curves.items():
         if name in ("base", "scratch"):
             continue
-        reach = flops_to_reach(points, scratch_loss)
         total_flops, final_loss = points[-1]
-        rows.append({
-            "run": name, "total_flops": total_flops, "final_loss": final_loss,
-            "loss_after_growth": points[0][1],
-            "scratch_loss_at_same_flops": loss_at(curves["scratch"], total_flops),
-            "flops_to_scratch_final_loss": reach,
-            "flops_saved": None if reach is None else 1 - reach / scratch_flops,
-        })
-
-    print(f"\nbase: {args.base_layers} layers, {args.base_steps} steps, {base_flops:.3g} FLOPs, final validation "
-          f"loss {curves['base'][-1][1]:.4f}")
-    print(f"scratch: {grown_layers} layers, {args.scratch_steps} steps, {scratch_flops:.3g} FLOPs, final validation "
-          f"loss {scratch_loss:.4f}\n")
-    print("| grown run | loss right after growth | final loss | total FLOPs | scratch loss at those FLOPs | "
-          "FLOPs to reach scratch's final loss | FLOPs saved |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        same, reach, saved = row["scratch_loss_at_same_flops"], row["flops_to_scratch_final_loss"], row["flops_saved"]
-        print(f"| {row['run']} | {row['loss_after_growth']:.4f} | {row['final_loss']:.4f} | {row['total_flops']:.3g} "
-              f"| {'-' if same is None else f'{same:.4f}'} | {'not reached' if reach is None else f'{reach:.3g}'} | "
-              f"{'-' if saved is None else f'{saved:.1%}'} |")
-
-    plot(curves, args.base_layers, args.plot)
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps({"settings": vars(args), "curves": curves, "rows": rows}, indent=2))
-    print(f"\nplot: {args.plot}; curves and rows: {args.results}")
+        reach = flops_to_reach(points, scratch_loss)
+        print(f"| {name} | {points[0][1]:.4f} | {final_loss:.4f} | {total_flops / scratch_flops:.3f} | "
+              f"{final_loss - scratch_loss:+.4f} | {'not reached' if reach is None else f'{reach:.3g}'} | "
+              f"{'-' if reach is None else f'{1 - reach / scratch_flops:.1%}'} |")
+    plot(curves, settings["base_layers"], plot_path)
 
 
 def plot(curves: dict, base_layers: int, path: str) -> None:
@@ -168,7 +155,8 @@ def plot(curves: dict, base_layers: int, path: str) -> None:
     axis.axvline(base_flops, color="grey", linewidth=0.5)
     axis.set_xlabel("total training FLOPs (grown runs include their base)")
     axis.set_ylabel("validation loss (nats/char)")
-    axis.set_ylim(bottom=math.floor(min(losses) * 20) / 20, top=min(2.6, max(losses)))
+    grown_start = [points[1][1] for name, points in curves.items() if name not in ("base", "scratch")]
+    axis.set_ylim(bottom=math.floor(min(losses) * 20) / 20, top=max(grown_start + [scratch_loss]) + 0.1)
     axis.set_title(f"Growth {base_layers} -> {2 * base_layers} layers vs {2 * base_layers} layers from scratch")
     axis.grid(alpha=0.3)
     axis.legend()
