@@ -27,10 +27,10 @@ class StepClock(TrainerCallback):
         self.times[state.global_step] = time.perf_counter()
 
 
-def settings(path: str | None, steps: int, output_dir: str) -> dict:
+def settings(path: str | None, steps: int, skip: int, output_dir: str) -> dict:
     return run_config.load(path, [f"training.max_steps={steps}", "training.eval_strategy=no",
                                   "training.save_strategy=no", f"training.output_dir={output_dir}",
-                                  f"training.logging_steps={steps}", "training.disable_tqdm=true"])
+                                  f"training.logging_steps={skip}", "training.disable_tqdm=true"])
 
 
 def torch_tokens_per_second(run: dict, skip: int) -> tuple[float, float]:
@@ -43,7 +43,6 @@ def torch_tokens_per_second(run: dict, skip: int) -> tuple[float, float]:
 
 
 def flax_tokens_per_second(run: dict, skip: int) -> tuple[float, float]:
-    run["training"]["logging_steps"] = skip
     state = train_flax(run, overwrite=True)
     windows = [entry for entry in state["log_history"] if "tokens_per_second" in entry and entry["step"] > skip]
     steps = [entry["step"] for entry in windows]
@@ -61,11 +60,11 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=20, help="steps left out of the count (warm-up, compilation)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        torch_rate, torch_loss = torch_tokens_per_second(settings(args.config, args.steps, f"{scratch}/torch"),
+        torch_rate, torch_loss = torch_tokens_per_second(settings(args.config, args.steps, args.skip, f"{scratch}/torch"),
                                                          args.skip)
-        flax_rate, flax_loss = flax_tokens_per_second(settings(args.config, args.steps, f"{scratch}/flax"),
+        flax_rate, flax_loss = flax_tokens_per_second(settings(args.config, args.steps, args.skip, f"{scratch}/flax"),
                                                       args.skip)
-    print(f"\n| backend | tokens/s (steps {args.skip + 1}-{args.steps}) | loss at step {args.steps} |")
+    print(f"\n| backend | tokens/s (steps {args.skip + 1}-{args.steps}) | mean loss of the last {args.skip} steps |")
     print("|---|---:|---:|")
     print(f"| PyTorch Trainer | {torch_rate:,.0f} | {torch_loss:.4f} |")
     print(f"| Flax trainer | {flax_rate:,.0f} | {flax_loss:.4f} |")

@@ -59,6 +59,11 @@ def test_overrides_and_defaults(tmp_path):
                                  "data.splits={train: 0.5, validation: 0.5}"])
     assert run["training"]["max_steps"] == 7 and run["model"]["hidden_dropout"] == 0.2
     assert run["training"]["learning_rate"] == 1e-3
+    words = run_config.load(path, ["training.eval_strategy=no", "training.disable_tqdm=true"])["training"]
+    assert words["eval_strategy"] == "no" and words["disable_tqdm"] is True
+    assert "save_strategy: 'no'" in path.read_text()
+    path.write_text(path.read_text().replace("save_strategy: 'no'", "save_strategy: no"))  # YAML 1.1: false
+    assert run_config.load(path)["training"]["save_strategy"] == "no"
     assert run["data"]["splits"] == {"train": 0.5, "validation": 0.5}
     with pytest.raises(ValueError, match="section.key=value"):
         run_config.load(path, ["max_steps"])

@@ -289,8 +289,9 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
         step = state["global_step"]
         progress.update(1)
         if step % logging_steps == 0 or step == training["max_steps"]:
+            losses = [float(item["loss"]) for item in window]  # waits for the steps dispatched so far
             elapsed = time.perf_counter() - window_start
-            entry = {"loss": float(np.mean([float(item["loss"]) for item in window])),
+            entry = {"loss": float(np.mean(losses)),
                      "grad_norm": float(window[-1]["grad_norm"]),
                      "learning_rate": float(learning_rate_schedule(training)(step - 1)),
                      "tokens_per_second": len(window) * batch["input_ids"].size / elapsed,

@@ -23,6 +23,7 @@ DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir", "n_samples", "N", "A", "B", "ops", "seed"}
 FLAX_KEYS = {"data_parallel", "fsdp"}  # the device mesh of --backend flax
 SECTIONS = ("model", "tokenizer", "data", "training", "flax")
+YAML_WORD_BOOLEANS = {"no", "off", "yes", "on", "n", "y"}
 
 
 def _unknown(key: str, valid, where: str) -> ValueError:
@@ -81,9 +82,11 @@ def validate(run: dict) -> dict:
         if key not in ARITHMETIC_KEYS:
             raise _unknown(key, ARITHMETIC_KEYS, "data.arithmetic")
     valid_training_keys = training_argument_names()
-    for key in run["training"]:
+    for key, value in run["training"].items():
         if key not in valid_training_keys:
             raise _unknown(key, valid_training_keys, "training (TrainingArguments fields)")
+        if key.endswith("_strategy") and value is False:  # YAML 1.1 reads `save_strategy: no` as false
+            run["training"][key] = "no"
     if run["tokenizer"].get("kind", "char") not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer.kind={run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
@@ -94,7 +97,10 @@ def validate(run: dict) -> dict:
 
 
 def _parse_value(text: str):
-    """A YAML value, with floats such as 1e-3 read as numbers (YAML 1.1 wants 1.0e-3)."""
+    """A YAML value, with floats such as 1e-3 read as numbers (YAML 1.1 wants 1.0e-3) and no / off / yes / on kept
+    as words (`eval_strategy=no`); booleans are true and false."""
+    if text.strip().lower() in YAML_WORD_BOOLEANS:
+        return text.strip()
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
