@@ -252,7 +252,9 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
 def save_final_model(trainer: Trainer, output_dir: Path) -> None:
     """Save into a staging folder, then move the files into place: a failed save leaves the earlier files whole."""
     staging = output_dir / ".final-model.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # no process may remove the staging folder another is writing
     try:
         trainer.save_model(str(staging))
         if trainer.is_world_process_zero():
