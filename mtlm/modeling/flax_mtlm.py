@@ -145,7 +145,6 @@ jax.tree_util.register_dataclass(KVCache, data_fields=["keys", "values", "mask",
 
 class Attention(nnx.Module):
     def __init__(self, config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.config = config
         self.num_heads, self.num_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                             config.head_dim)
         hidden, std, bias = config.hidden_size, config.initializer_range, config.attention_bias
@@ -279,7 +278,6 @@ class DecoderLayer(nnx.Module):
 
 class Backbone(nnx.Module):
     def __init__(self, config, mlp_class, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.config = config
         std = config.initializer_range
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, std, config.pad_token_id, rngs=rngs,
                                       param_dtype=param_dtype)
