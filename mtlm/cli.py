@@ -149,8 +149,11 @@ def _eval(args: argparse.Namespace) -> None:
         _eval_exact_match(args)
         return
     local_data = dict(_key_value(item, "--local-data", "TASK=PATH") for item in args.local_data)
+    if args.output and Path(args.output).suffix == ".md":
+        raise ValueError(f"--output {args.output}: name the results JSON (the table is written beside it as .md).")
+    batch_size = int(args.batch_size) if args.batch_size and args.batch_size.isdigit() else args.batch_size
     results = harness.evaluate(
-        args.checkpoint, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size or 1,
+        args.checkpoint, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=batch_size or 1,
         include_path=args.include_path or None, local_data=local_data, device=args.device,
     )
     table = harness.markdown_table(results)
@@ -173,7 +176,10 @@ def _key_value(text: str, option: str, shape: str) -> tuple[str, str]:
 
 def _eval_exact_match(args: argparse.Namespace) -> None:
     model, tokenizer = _load_for_generation(args.checkpoint)
-    result = exact_match(model, tokenizer, read_jsonl(args.arithmetic), batch_size=args.batch_size or 64)
+    if args.batch_size is not None and not args.batch_size.isdigit():
+        raise ValueError(f"--batch-size {args.batch_size}: exact match takes a number of rows per batch.")
+    batch_size = int(args.batch_size) if args.batch_size else 64
+    result = exact_match(model, tokenizer, read_jsonl(args.arithmetic), batch_size=batch_size)
     for row in result["samples"]:
         mark = "ok" if row["prediction"] == row["target"] else "xx"
         print(f"{mark}  {row['prompt']}{row['prediction']}   (target {row['target']})")

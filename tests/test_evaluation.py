@@ -128,8 +128,10 @@ def test_windows_score_every_token_once_within_the_window_size(length, max_lengt
 def test_compare_tabulates_and_plots_across_models(checkpoint, tmp_path, capsys):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     first.write_text(json.dumps({"model_name": "/runs/model-a", "results": {
-        "arc_easy": {"alias": "arc_easy", "acc,none": 0.40, "acc_stderr,none": 0.02, "acc_norm,none": 0.38},
-        "hellaswag": {"acc,none": 0.28, "acc_stderr,none": 0.01}}}))
+        "arc_easy": {"alias": "arc_easy", "sample_len": 2376, "acc,none": 0.40, "acc_stderr,none": 0.02,
+                     "acc_norm,none": 0.38},
+        "hellaswag": {"acc,none": 0.28, "acc_stderr,none": 0.01},
+        "translation": {"sample_len": 100, "bleu,none": 12.5}}}))
     second.write_text(json.dumps({"results": {"arc_easy": {"acc,none": 0.45, "acc_stderr,none": 0.02},
                                               "wikitext": {"word_perplexity,none": 80.5}}}))
     plot = tmp_path / "chart.png"
@@ -139,6 +141,7 @@ def test_compare_tabulates_and_plots_across_models(checkpoint, tmp_path, capsys)
     assert "| arc_easy | acc | 0.4000 ± 0.0200 | 0.4500 ± 0.0200 |" in printed
     assert "| hellaswag | acc | 0.2800 ± 0.0100 | - |" in printed
     assert "| wikitext | word_perplexity | - | 80.5000 |" in printed
+    assert "| translation | bleu | 12.5000 | - |" in printed and "sample_len" not in printed
     assert plot.stat().st_size > 5000 and (tmp_path / "table.md").read_text().startswith("| task |")
     mtlm_main(["compare", str(first), "--metric", "acc_norm", "--plot", str(plot)])
     assert "| arc_easy | acc_norm | 0.3800 |" in capsys.readouterr().out
@@ -159,6 +162,8 @@ def test_expanding_task_lists():
         (["--tasks", "tiny_arc", "--local-data", "arc_easy=x.jsonl"], "not among the tasks"),
         (["--tasks", "arc_easy", "--local-data", "arc_easy"], "expects TASK=PATH"),
         (["--tasks", "arc_easy", "--local-data", f"arc_easy={TASKS / 'data'}"], "name it test.jsonl"),
+        (["--tasks", "tiny_arc", "--output", "results.md"], "name the results JSON"),
+        (["--arithmetic", str(ROLLING), "--batch-size", "auto"], "exact match takes a number"),
     ],
 )
 def test_bad_evaluation_requests_say_what_to_do(checkpoint, arguments, message):
@@ -179,3 +184,24 @@ def test_checkpoints_without_a_tokenizer_and_texts_shorter_than_a_window_are_ref
         mtlm_main(["ppl", str(checkpoint), "--data", str(short)])
     with pytest.raises(SystemExit, match="--stride 80 must be between 1 and --max-length 64"):
         mtlm_main(["ppl", str(checkpoint), "--data", str(ROLLING), "--stride", "80"])
+
+
+def test_task_yaml_data_files_are_found_beside_the_yaml(tmp_path):
+    yaml_path = tmp_path / "tasks" / "task.yaml"
+    for data_files, expected in [
+        ("data/test.jsonl", str(tmp_path / "tasks" / "data/test.jsonl")),
+        ({"test": ["a.jsonl", "/abs/b.jsonl"]}, {"test": [str(tmp_path / "tasks" / "a.jsonl"), "/abs/b.jsonl"]}),
+        ({"test": "a.jsonl"}, {"test": str(tmp_path / "tasks" / "a.jsonl")}),
+    ]:
+        config = {"task": "t", "dataset_kwargs": {"data_files": data_files, "field": "rows"}}
+        resolved = harness.with_files_beside_yaml(config, yaml_path)["dataset_kwargs"]
+        assert resolved == {"data_files": expected, "field": "rows"}
+
+
+def test_results_are_kept_only_in_local_checkpoint_folders(checkpoint, tmp_path, monkeypatch):
+    from mtlm.evaluation.results import save_into_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    assert save_into_checkpoint("gpt2", "perplexity", {"results": {"x": {"loss": 1.0}}}) is None
+    assert not (tmp_path / "gpt2").exists()
+    assert save_into_checkpoint(checkpoint, "perplexity", {"results": {"x": {"loss": 1.0}}}).is_file()

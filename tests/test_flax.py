@@ -221,3 +221,25 @@ def test_moe_load_balancing_loss_matches_pytorch(tmp_path):
     loss = next_token_loss(output.logits, jnp.asarray(ids.numpy())) + model.config.router_aux_loss_coef * aux
     np.testing.assert_allclose(float(aux), expected.aux_loss.item(), rtol=1e-5)
     np.testing.assert_allclose(float(loss), expected.loss.item(), rtol=1e-5)
+
+
+def test_schedules_read_training_arguments_as_the_trainer_does():
+    from mtlm.training.flax_trainer import learning_rate_schedule, steps_of
+    from mtlm.training.trainer import TRAINING_DEFAULTS
+
+    training = {**TRAINING_DEFAULTS, "learning_rate": 1e-3, "max_steps": 100, "warmup_steps": 0.1}
+    schedule = learning_rate_schedule(training)
+    assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(1e-3)  # warm-up of 10% of 100 steps
+    assert float(schedule(100)) == pytest.approx(1e-4)  # cosine to min_lr_rate 0.1
+    floor = learning_rate_schedule({**training, "lr_scheduler_kwargs": {"min_lr": 5e-5}})
+    assert float(floor(100)) == pytest.approx(5e-5)
+    constant = learning_rate_schedule({**training, "lr_scheduler_type": "constant"})
+    assert float(constant(0)) == pytest.approx(1e-3)
+    assert steps_of(0.25, 10) == 3 and steps_of(50, 10) == 50
+
+
+def test_flax_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(ValueError, match="does not accumulate gradients"):
+        train_flax(flax_run(tmp_path, gradient_accumulation_steps=2))
+    with pytest.raises(ValueError, match="hidden_act='mish' has no Flax twin"):
+        mtlm.FlaxAutoModelForCausalLM.from_config(tiny_config("mtlm_llama", hidden_act="mish"))

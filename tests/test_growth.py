@@ -130,7 +130,7 @@ def test_grow_command_writes_a_checkpoint_folder_and_leaves_the_source_alone(che
     config = AutoConfig.from_pretrained(out)
     assert config.num_hidden_layers == 3 and "auto_map" in json.loads((out / "config.json").read_text())
     assert config.growth_history == [{
-        "source": str(checkpoint), "method": "interleave", "layer_map": [0, 0, 1], "function_preserving": True,
+        "source": str(checkpoint.resolve()), "method": "interleave", "layer_map": [0, 0, 1], "function_preserving": True,
         "source_num_layers": 2, "num_layers": 3, "source_training": {"global_step": 30, "total_flos": 1.5e9},
     }]
     source, grown = AutoModelForCausalLM.from_pretrained(checkpoint), AutoModelForCausalLM.from_pretrained(out)

@@ -19,7 +19,7 @@ from mtlm.training import run_config
 from mtlm.training.trainer import train
 
 LM_EVAL_SUMMARY = {  # the shape mtlm eval stores (harness.card_summary)
-    "results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.3864, "acc_stderr,none": 0.0100,
+    "results": {"arc_easy": {"alias": "arc_easy", "sample_len": 2376, "acc,none": 0.3864, "acc_stderr,none": 0.0100,
                              "acc_norm,none": 0.3510, "acc_norm_stderr,none": 0.0098}},
     "n-shot": {"arc_easy": 0}, "limit": {"arc_easy": None},
     "datasets": {"arc_easy": {"path": "allenai/ai2_arc", "name": "ARC-Easy", "split": "test"}},
@@ -56,7 +56,7 @@ def test_card_reports_what_the_folder_records(trained):
     assert state["num_input_tokens_seen"] == 6 * 8 * 32  # steps x sequences x block
     assert "| steps | 6 |" in text and f"| tokens | {6 * 8 * 32:,} |" in text
     assert "| hardware | CPU (" in text and "| training time |" in text and "final validation loss" in text
-    assert "| arc_easy | acc | 0.3864 | 0.0100 | 0 | all |" in text
+    assert "| arc_easy | acc | 0.3864 | 0.0100 | 0 | all |" in text and "sample_len" not in str(card)
     assert "| wikitext-2/test.txt | 64 / 32 | 3.1000 |" in text
     assert 'from_pretrained("someone/tiny", trust_remote_code=True)' in text
     assert "## Growth history" not in text and "base_model" not in str(data.to_dict())
@@ -138,7 +138,7 @@ class HubRecorder:
 @pytest.fixture
 def exported(trained, tmp_path) -> Path:
     folder = tmp_path / "export"
-    mtlm_main(["export", str(trained), str(folder)])
+    mtlm_main(["export", str(trained), str(folder), "--repo-id", "someone/tiny"])
     (folder / "checkpoint-3").mkdir()
     (folder / "checkpoint-3" / "optimizer.pt").write_bytes(b"0" * 10)
     (folder / "training_args.bin").write_bytes(b"0")
@@ -176,12 +176,14 @@ def test_dry_run_validates_and_lists_files_offline(exported, monkeypatch, capsys
     ("no card", "has no model card"),
     ("broken card", "fails validation"),
     ("card without metadata", "lacks library_name, pipeline_tag"),
+    ("card for another repository", "does not load someone/other"),
 ])
 def test_push_refuses_bad_input_before_uploading(exported, monkeypatch, problem, message):
     hub = HubRecorder(monkeypatch)
     token = None if problem == "no token" else "hf_test_token"
     monkeypatch.setattr("mtlm.hub_cards.publish.get_token", lambda: token)
-    repo_id = "not a repo id" if problem == "bad repo id" else "someone/tiny"
+    repo_id = {"bad repo id": "not a repo id", "card for another repository": "someone/other"}.get(problem,
+                                                                                              "someone/tiny")
     if problem == "no weights":
         (exported / "model.safetensors").unlink()
     if problem == "no tokenizer":

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .results import RESULTS_FILE  # noqa: E402
+from .results import RESULTS_FILE, is_metric  # noqa: E402
 
 # The metric shown for a task when none is asked for: the first the task reports.
 PREFERRED_METRICS = ("acc", "exact_match", "bits_per_byte", "word_perplexity", "acc_norm", "mcc", "f1")
@@ -42,8 +42,7 @@ def load_run(path: str | Path) -> tuple[str, dict[str, dict[str, float]]]:
     tasks = {}
     for section in sections:
         for task, metrics in section.items():
-            tasks[task] = {metric_name(key): value for key, value in metrics.items()
-                           if isinstance(value, (int, float)) and not isinstance(value, bool)}
+            tasks[task] = {metric_name(key): value for key, value in metrics.items() if is_metric(key, value)}
     return name, tasks
 
 

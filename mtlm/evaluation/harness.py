@@ -103,13 +103,19 @@ def local_data_config(config: dict, path: Path) -> dict:
 
 
 def with_files_beside_yaml(config: dict, yaml_path: Path) -> dict:
-    """A task config whose relative `data_files` are taken relative to its YAML file rather than to the working
-    directory, so that task folders work from anywhere."""
+    """A task config whose relative `data_files` (a path, a list, or either per split) are taken relative to its YAML
+    file rather than to the working directory, so that task folders work from anywhere."""
     data_files = (config.get("dataset_kwargs") or {}).get("data_files")
-    if not isinstance(data_files, dict):
+    if data_files is None:
         return config
-    resolved = {split: str(yaml_path.parent / file) if not Path(file).is_absolute() else file
-                for split, file in data_files.items()}
+
+    def beside(files):
+        if isinstance(files, (list, tuple)):
+            return [beside(file) for file in files]
+        return str(yaml_path.parent / files) if not Path(files).is_absolute() else files
+
+    resolved = {split: beside(files) for split, files in data_files.items()} if isinstance(data_files, dict) \
+        else beside(data_files)
     return {**config, "dataset_kwargs": {**config["dataset_kwargs"], "data_files": resolved}}
 
 

@@ -7,6 +7,14 @@ from pathlib import Path
 from ..files import atomic_file
 
 RESULTS_FILE = "eval_results.json"
+# Numbers results files hold beside the metrics: counts and settings, never shown or compared as scores.
+NOT_METRICS = {"sample_len", "tokens", "bytes", "words", "documents", "max_length", "stride", "n"}
+
+
+def is_metric(key: str, value) -> bool:
+    """Whether `key` (lm-eval's "name,filter" or a plain name) holds a score rather than a count or a label."""
+    name = key.partition(",")[0]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and name not in NOT_METRICS
 
 
 def read_checkpoint_results(checkpoint: str | os.PathLike) -> dict:
@@ -14,9 +22,12 @@ def read_checkpoint_results(checkpoint: str | os.PathLike) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def save_into_checkpoint(checkpoint: str | os.PathLike, section: str, summary: dict) -> Path:
+def save_into_checkpoint(checkpoint: str | os.PathLike, section: str, summary: dict) -> Path | None:
     """Merge `summary` ({key: {name: value}}) into `section` of the folder's eval_results.json: a task or data file
-    evaluated again replaces its earlier entry; the others stay."""
+    evaluated again replaces its earlier entry; the others stay. A checkpoint that is not a local folder (a Hub id)
+    keeps nothing: None."""
+    if not (Path(checkpoint) / "config.json").is_file():
+        return None
     results = read_checkpoint_results(checkpoint)
     stored = results.setdefault(section, {})
     for key, entries in summary.items():

@@ -170,7 +170,7 @@ def grow_folder(
         raise FileExistsError(f"{destination} exists and is not empty: choose another path or pass --overwrite.")
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
-    grown = grow_model(model, num_layers, method, mapping, function_preserving, source=str(source))
+    grown = grow_model(model, num_layers, method, mapping, function_preserving, source=str(source.resolve()))
     trainer_state = source / "trainer_state.json"
     if trainer_state.is_file():  # what the source cost, for the model card's training totals
         state = json.loads(trainer_state.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoConfig
 
 from ..configuration.presets import count_parameters
+from ..evaluation.results import is_metric
 from ..files import atomic_file
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -109,7 +110,7 @@ def training_rows(state: dict, run: dict) -> list[tuple[str, str]]:
         block = (run.get("data") or {}).get("block_size")
         sequences = training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1)
         processes = environment.get("processes", 1)
-        batch = f"{sequences} sequences per process" + (f" × {processes} processes" if processes > 1 else "")
+        batch = f"{sequences} sequences" + (f" × {processes} data-parallel replicas" if processes > 1 else "")
         rows.append(("batch", batch + (f" of {block} tokens" if block else "")))
         schedule = training["lr_scheduler_type"]
         if schedule == "cosine_with_min_lr":
@@ -122,7 +123,7 @@ def training_rows(state: dict, run: dict) -> list[tuple[str, str]]:
         rows.append(("training FLOPs", f"{state['total_flos']:.3g}"))
     if environment.get("hardware"):
         processes = environment.get("processes", 1)
-        rows.append(("hardware", (f"{processes} processes on " if processes > 1 else "") + environment["hardware"]))
+        rows.append(("hardware", environment["hardware"]))
     if environment.get("software"):
         rows.append(("software", environment["software"]))
     runtime = next((entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry), None)
@@ -158,7 +159,7 @@ def _metric_rows(metrics: dict) -> list[tuple[str, float, float | None]]:
     rows = []
     for key, value in metrics.items():
         name, _, filter_name = key.partition(",")
-        if name.endswith("_stderr") or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if name.endswith("_stderr") or not is_metric(key, value):
             continue
         error = metrics.get(f"{name}_stderr,{filter_name}")
         label = name if filter_name in ("", "none") else key

@@ -98,7 +98,10 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, 
     if not any((folder / name).is_file() for name in WEIGHTS):
         raise FileNotFoundError(f"{folder} has no weights ({' or '.join(WEIGHTS)}): export it with `mtlm export`.")
     require_tokenizer(folder)
-    check_card(folder)
+    card = check_card(folder)
+    if f'from_pretrained("{repo_id}"' not in card.text:
+        raise ValueError(f"The model card's usage snippet does not load {repo_id}: write the card for this repository "
+                         f"with `mtlm card {folder} --repo-id {repo_id}` (or mtlm export --repo-id).")
     files = files_to_upload(folder)
     if dry_run:
         return files

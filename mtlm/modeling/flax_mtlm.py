@@ -26,8 +26,18 @@ ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
 }
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act={name!r} has no Flax twin yet; the Flax models support "
+                         f"{', '.join(sorted(ACTIVATIONS))}.")
+    return ACTIVATIONS[name]
 
 
 def normal(rngs: nnx.Rngs, shape: tuple, std: float, dtype) -> jax.Array:
@@ -190,7 +200,7 @@ class GatedMLP(nnx.Module):
         self.gate_proj = Linear(hidden, inner, bias, std, rngs=rngs, param_dtype=param_dtype)
         self.up_proj = Linear(hidden, inner, bias, std, rngs=rngs, param_dtype=param_dtype)
         self.down_proj = Linear(inner, hidden, bias, residual_std(config), rngs=rngs, param_dtype=param_dtype)
-        self.act = ACTIVATIONS[config.hidden_act]
+        self.act = activation(config.hidden_act)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
@@ -204,7 +214,7 @@ class MLP(nnx.Module):
             config.mlp_bias
         self.up_proj = Linear(hidden, inner, bias, std, rngs=rngs, param_dtype=param_dtype)
         self.down_proj = Linear(inner, hidden, bias, residual_std(config), rngs=rngs, param_dtype=param_dtype)
-        self.act = ACTIVATIONS[config.hidden_act]
+        self.act = activation(config.hidden_act)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_proj(self.act(self.up_proj(x)))
@@ -218,7 +228,7 @@ class Experts(nnx.Module):
         self.gate_up_proj = nnx.Param(normal(rngs, (experts, 2 * inner, hidden), config.initializer_range,
                                              param_dtype))
         self.down_proj = nnx.Param(normal(rngs, (experts, hidden, inner), residual_std(config), param_dtype))
-        self.act = ACTIVATIONS[config.hidden_act]
+        self.act = activation(config.hidden_act)
 
     def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
         """x: (tokens, hidden); weights: (tokens, experts), zero outside each token's top k -> (tokens, hidden).

@@ -61,17 +61,25 @@ def parameter_sharding(mesh: Mesh, value: jax.Array) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def steps_of(value, max_steps: int) -> int:
+    """A step count or interval as TrainingArguments reads it: below 1, a fraction of the run (rounded up)."""
+    return math.ceil(value * max_steps) if 0 < value < 1 else int(value)
+
+
 def learning_rate_schedule(training: dict) -> optax.Schedule:
     """The Trainer's schedules, as optax functions of the optimizer step."""
     peak, steps = training["learning_rate"], training["max_steps"]
-    warmup = training.get("warmup_steps", 0)
+    warmup = steps_of(training.get("warmup_steps", 0), steps)
     kind = training["lr_scheduler_type"]
     if kind not in SCHEDULES:
         raise ValueError(f"lr_scheduler_type={kind!r} is not available with --backend flax; use one of "
                          f"{', '.join(SCHEDULES)}.")
     if kind in ("cosine", "cosine_with_min_lr"):
-        floor = (training.get("lr_scheduler_kwargs") or {}).get("min_lr_rate", 0.0) if kind != "cosine" else 0.0
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=floor * peak)
+        options = training.get("lr_scheduler_kwargs") or {} if kind == "cosine_with_min_lr" else {}
+        floor = options["min_lr"] if "min_lr" in options else options.get("min_lr_rate", 0.0) * peak
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=floor)
+    if kind == "constant" or not warmup:
+        warmup = 0  # transformers' constant schedule has no warm-up
     warm = optax.linear_schedule(0.0, peak, warmup) if warmup else optax.constant_schedule(peak)
     after = optax.linear_schedule(peak, 0.0, steps - warmup) if kind == "linear" else optax.constant_schedule(peak)
     return optax.join_schedules([warm, after], [warmup])
@@ -235,6 +243,9 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
                          "backend.")
     if not training.get("max_steps") or training["max_steps"] < 1:
         raise ValueError("--backend flax needs training.max_steps.")
+    if training.get("gradient_accumulation_steps", 1) != 1:
+        raise ValueError("--backend flax does not accumulate gradients: set gradient_accumulation_steps to 1 and "
+                         "per_device_train_batch_size to the batch you want per device.")
     output_dir = Path(training["output_dir"])
     prepare_output_dir(output_dir, overwrite, resume)
     mesh = make_mesh(flax_options.get("data_parallel"), flax_options.get("fsdp", 1))
@@ -260,7 +271,8 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
              "num_input_tokens_seen": 0, "train_batch_size": global_batch,
              "stateful_callbacks": {"TrainingEnvironment": {"args": {
                  "hardware": f"{devices} x {jax.devices()[0].device_kind} ({jax.default_backend()})",
-                 "processes": jax.process_count(), "software": f"jax {jax.__version__}, flax (mtlm Flax trainer)"},
+                 # data-parallel replicas, as processes are under torchrun: each takes per_device_train_batch_size
+                 "processes": devices, "software": f"jax {jax.__version__}, flax (mtlm Flax trainer)"},
                  "attributes": {}}}}
     last = last_checkpoint(output_dir) if resume else None
     if resume and last is None:
@@ -274,9 +286,12 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     validation_rows = packed_rows(datasets["validation"]) if "validation" in datasets else None
     block = train_rows.shape[1]
     flops_per_step = 3 * forward_flops_per_token(config, block) * block * global_batch
-    logging_steps = int(training.get("logging_steps", 50))
-    eval_every = int(training.get("eval_steps") or logging_steps) if training.get("eval_strategy") == "steps" else 0
-    save_every = int(training.get("save_steps", 500)) if training.get("save_strategy", "steps") == "steps" else 0
+    max_steps = training["max_steps"]
+    logging_steps = max(1, steps_of(training.get("logging_steps", 50), max_steps))
+    eval_every = max(1, steps_of(training.get("eval_steps") or logging_steps, max_steps)) \
+        if training.get("eval_strategy") == "steps" else 0
+    save_every = max(1, steps_of(training.get("save_steps", 500), max_steps)) \
+        if training.get("save_strategy", "steps") == "steps" else 0
     window, window_start = [], time.perf_counter()
     progress = tqdm(total=training["max_steps"], initial=state["global_step"], desc="Flax training",
                     disable=training.get("disable_tqdm", False))
