@@ -185,11 +185,16 @@ def _eval_exact_match(args: argparse.Namespace) -> None:
         print(f"{mark}  {row['prompt']}{row['prediction']}   (target {row['target']})")
     print(f"exact match {result['exact_match']:.4f} on {result['n']} examples; by digits: {result['by_digits']}")
     summary = {key: result[key] for key in ("exact_match", "by_digits", "n")}
-    save_into_checkpoint(args.checkpoint, "exact_match", {"results": {Path(args.arithmetic).name: summary}})
-    if args.output:
-        with atomic_file(args.output) as handle:
-            json.dump({"model_name": Path(args.checkpoint).resolve().name,
-                       "results": {Path(args.arithmetic).name: summary}}, handle, indent=2)
+    _keep_results(args.checkpoint, "exact_match", Path(args.arithmetic).name, summary, args.output)
+
+
+def _keep_results(checkpoint: str, section: str, name: str, figures: dict, output: str | None) -> None:
+    """Keep one evaluation's figures in the checkpoint's eval_results.json and, if asked, in `output` (the shape
+    mtlm compare reads)."""
+    save_into_checkpoint(checkpoint, section, {"results": {name: figures}})
+    if output:
+        with atomic_file(output) as handle:
+            json.dump({"model_name": Path(checkpoint).resolve().name, "results": {name: figures}}, handle, indent=2)
 
 
 def _ppl(args: argparse.Namespace) -> None:
@@ -201,10 +206,7 @@ def _ppl(args: argparse.Namespace) -> None:
         print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value:,}")
     data = Path(args.data).resolve()
     name = f"{data.parent.name}/{data.name}"  # wikitext-2/test.txt, not test.txt
-    save_into_checkpoint(args.checkpoint, "perplexity", {"results": {name: result}})
-    if args.output:
-        with atomic_file(args.output) as handle:
-            json.dump({"model_name": Path(args.checkpoint).resolve().name, "results": {name: result}}, handle, indent=2)
+    _keep_results(args.checkpoint, "perplexity", name, result, args.output)
 
 
 def _compare(args: argparse.Namespace) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -25,7 +24,7 @@ from transformers import (
 from transformers.utils import logging
 
 from .configuration import MtlmGPTConfig, MtlmLlamaConfig, MtlmMoeConfig
-from .files import atomic_folder
+from .files import save_checkpoint, source_tokenizer
 from .modeling import MtlmGPTForCausalLM, MtlmLlamaForCausalLM, MtlmMoeForCausalLM
 from .modeling.mtlm_blocks import MtlmPreTrainedModel
 
@@ -289,12 +288,5 @@ def convert_folder(
     if (to == "mtlm") == is_mtlm:
         raise ValueError(f"{source} already holds a{'n mtlm' if is_mtlm else 'n upstream'} model ({type(model).__name__}).")
     converted = to_upstream(model) if to == "upstream" else from_upstream(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        tokenizer = None
-    with atomic_folder(destination, overwrite=overwrite) as staging:
-        converted.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+    save_checkpoint(converted, source_tokenizer(source), destination, overwrite=overwrite)
     return to

@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -36,6 +36,28 @@ def atomic_folder(destination: str | os.PathLike, overwrite: bool = False) -> It
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(destination)
+
+
+def source_tokenizer(folder: str | os.PathLike):
+    """The tokenizer saved in `folder`, or None when it holds none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):
+        return None
+
+
+def save_checkpoint(model, tokenizer, destination: str | os.PathLike, overwrite: bool = False,
+                    add_files: Callable[[Path], None] | None = None) -> None:
+    """Save `model` and `tokenizer` (if any), and whatever `add_files(folder)` writes, into a staging folder that
+    becomes `destination` only when all of it succeeded (see atomic_folder)."""
+    with atomic_folder(destination, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if add_files is not None:
+            add_files(staging)
 
 
 @contextmanager

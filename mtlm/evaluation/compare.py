@@ -10,16 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .results import RESULTS_FILE, is_metric  # noqa: E402
+from .results import RESULTS_FILE, is_metric, metric_name  # noqa: E402
 
 # The metric shown for a task when none is asked for: the first the task reports.
 PREFERRED_METRICS = ("acc", "exact_match", "bits_per_byte", "word_perplexity", "acc_norm", "mcc", "f1")
-
-
-def metric_name(key: str) -> str:
-    """lm-eval writes metrics as "name,filter"; the filter "none" is the plain metric."""
-    name, _, filter_name = key.partition(",")
-    return name if filter_name in ("", "none") else key
 
 
 def load_run(path: str | Path) -> tuple[str, dict[str, dict[str, float]]]:

@@ -48,10 +48,10 @@ def windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def sequence_nll(model, ids: list[int], max_length: int, stride: int, batch_size: int = 8, progress=None) -> float:
-    """Summed negative log-likelihood (nats) of ids[1:] given what precedes each, window by window."""
+def sequence_nll(model, ids: list[int], spans: list[tuple[int, int, int]], batch_size: int = 8,
+                 progress=None) -> float:
+    """Summed negative log-likelihood (nats) of ids[1:] given what precedes each, over the `windows` `spans`."""
     sequence = torch.tensor(ids, device=model.device)
-    spans = windows(len(ids), max_length, stride)
     total = 0.0
     for first in range(0, len(spans), batch_size):
         batch = spans[first : first + batch_size]
@@ -89,10 +89,10 @@ def perplexity(model, tokenizer, documents: list[str], max_length: int | None = 
                          "or a smaller --max-length.")
     was_training = model.training
     model.eval()
-    total_windows = sum(len(windows(len(ids) + 1, max_length, stride)) for ids in encoded)
-    with tqdm(total=total_windows, desc="Perplexity windows", disable=not show_progress) as progress:
-        nll = sum(sequence_nll(model, [prefix, *ids], max_length, stride, batch_size, progress) for ids in encoded
-                  if ids)
+    spans = [windows(len(ids) + 1, max_length, stride) for ids in encoded]
+    with tqdm(total=sum(map(len, spans)), desc="Perplexity windows", disable=not show_progress) as progress:
+        nll = sum(sequence_nll(model, [prefix, *ids], document_spans, batch_size, progress)
+                  for ids, document_spans in zip(encoded, spans) if ids)
     model.train(was_training)
     num_bytes = sum(len(document.encode("utf-8")) for document in documents)
     num_words = sum(len(re.split(r"\s+", document)) for document in documents)

@@ -11,6 +11,12 @@ RESULTS_FILE = "eval_results.json"
 NOT_METRICS = {"sample_len", "tokens", "bytes", "words", "documents", "max_length", "stride", "n"}
 
 
+def metric_name(key: str) -> str:
+    """lm-eval writes metrics as "name,filter"; the filter "none" is the plain metric."""
+    name, _, filter_name = key.partition(",")
+    return name if filter_name in ("", "none") else key
+
+
 def is_metric(key: str, value) -> bool:
     """Whether `key` (lm-eval's "name,filter" or a plain name) holds a score rather than a count or a label."""
     name = key.partition(",")[0]

@@ -20,9 +20,9 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from ..files import atomic_folder, read_checkpoint_config
+from ..files import read_checkpoint_config, save_checkpoint, source_tokenizer
 from ..modeling.mtlm_blocks import MtlmPreTrainedModel
 
 METHODS = ("stack", "interleave", "random")
@@ -177,12 +177,5 @@ def grow_folder(
         grown.config.growth_history[-1]["source_training"] = {
             key: state[key] for key in ("global_step", "total_flos") if key in state
         }
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError):
-        tokenizer = None
-    with atomic_folder(destination, overwrite=overwrite) as staging:
-        grown.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+    save_checkpoint(grown, source_tokenizer(source), destination, overwrite=overwrite)
     return grown

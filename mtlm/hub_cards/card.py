@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoConfig
 
 from ..configuration.presets import count_parameters
-from ..evaluation.results import is_metric
+from ..evaluation.results import is_metric, metric_name, read_checkpoint_results
 from ..files import atomic_file
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -162,8 +162,7 @@ def _metric_rows(metrics: dict) -> list[tuple[str, float, float | None]]:
         if name.endswith("_stderr") or not is_metric(key, value):
             continue
         error = metrics.get(f"{name}_stderr,{filter_name}")
-        label = name if filter_name in ("", "none") else key
-        rows.append((label, value, error if isinstance(error, (int, float)) else None))
+        rows.append((metric_name(key), value, error if isinstance(error, (int, float)) else None))
     return rows
 
 
@@ -239,7 +238,7 @@ def render_card(folder: str | os.PathLike, repo_id: str | None = None, license: 
     config = AutoConfig.from_pretrained(folder)
     state = read_json(folder / "trainer_state.json")
     run = read_run_config(folder)
-    results = read_json(folder / "eval_results.json")
+    results = read_checkpoint_results(folder)
     growth = growth_records(config)
     if base_model is None and growth:
         source = growth[0]["source"] or ""

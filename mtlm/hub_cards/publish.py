@@ -12,7 +12,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..convert import to_upstream
-from ..files import atomic_folder, read_checkpoint_config, require_tokenizer
+from ..files import read_checkpoint_config, require_tokenizer, save_checkpoint
 from .card import render_card
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -37,13 +37,13 @@ def export_folder(source: str | os.PathLike, destination: str | os.PathLike, nat
     tokenizer = AutoTokenizer.from_pretrained(source)
     upstream_class = type(exported).__name__ if native else None
     card = render_card(source, repo_id=repo_id, license=license, upstream_class=upstream_class)
-    with atomic_folder(destination, overwrite=overwrite) as staging:
-        exported.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    def add_records_and_card(staging: Path) -> None:
         for name in RECORDS:
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
         (staging / "README.md").write_text(str(card), encoding="utf-8")
+
+    save_checkpoint(exported, tokenizer, destination, overwrite=overwrite, add_files=add_records_and_card)
     return destination
 
 

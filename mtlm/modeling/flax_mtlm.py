@@ -10,7 +10,6 @@ or top-k routed experts, a tied or untied head.
 import functools
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,12 +389,13 @@ class FlaxMtlmForCausalLM(nnx.Module):
         unexpected = sorted(set(weights) - set(expected) - ignored)
         if missing or unexpected:
             raise ValueError(f"The weights do not fit the {type(self).__name__} of this config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}.")
+                             f"unexpected {unexpected[:5]}. Load them with the config.json saved beside them.")
         for name, variable in expected.items():
             array = weights[name]
             if tuple(array.shape) != tuple(variable.get_value().shape):
                 raise ValueError(f"{name} has shape {tuple(array.shape)}, the model expects "
-                                 f"{tuple(variable.get_value().shape)}.")
+                                 f"{tuple(variable.get_value().shape)}: the weights belong to another config; load "
+                                 "them with the config.json saved beside them.")
             variable.set_value(jnp.asarray(array, dtype=variable.get_value().dtype))
         nnx.update(self, nnx.from_flat_state(flat))
 
@@ -425,25 +425,19 @@ class FlaxMtlmForCausalLM(nnx.Module):
         generation config: the folder loads with AutoModelForCausalLM, with or without mtlm installed."""
         from transformers import GenerationConfig
 
-        from .mtlm_blocks import code_files
+        from .. import FAMILIES
+        from .mtlm_blocks import auto_map, copy_code_files
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        from .. import FAMILIES
-
         config_class = type(self.config)
         torch_class = FAMILIES[config_class][1]
-        self.config.auto_map = {
-            "AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}",
-            "AutoModelForCausalLM": f"{torch_class.__module__.rsplit('.', 1)[-1]}.{torch_class.__name__}",
-        }
+        self.config.auto_map = auto_map(config_class, torch_class)
         self.config.architectures = [torch_class.__name__]
         self.config.save_pretrained(folder)
-        weights = self.state_dict()
-        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        save_file(self.state_dict(), str(folder / "model.safetensors"), metadata={"format": "pt"})
         GenerationConfig.from_model_config(self.config).save_pretrained(folder)
-        for path in code_files(config_class, torch_class):
-            shutil.copyfile(path, folder / Path(path).name)
+        copy_code_files(config_class, torch_class, folder)
 
     # ---- generation ----
 
@@ -456,7 +450,8 @@ class FlaxMtlmForCausalLM(nnx.Module):
         length = prompt_length + max_new_tokens
         if length > self.config.max_position_embeddings and self.config.model_type == "mtlm_gpt":
             raise ValueError(f"{prompt_length} prompt + {max_new_tokens} new tokens exceed the "
-                             f"{self.config.max_position_embeddings} learned positions.")
+                             f"{self.config.max_position_embeddings} learned positions: shorten the prompt or ask "
+                             "for fewer new tokens.")
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
         cache = self.init_cache(batch, length)

@@ -304,6 +304,20 @@ def code_files(*classes: type) -> list[str]:
     return list(files)
 
 
+def auto_map(config_class: type, model_class: type) -> dict[str, str]:
+    """A config's `auto_map`: the classes by their flat module names, as the files lie in a checkpoint folder."""
+    return {
+        "AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}",
+        "AutoModelForCausalLM": f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}",
+    }
+
+
+def copy_code_files(config_class: type, model_class: type, folder: str | os.PathLike) -> None:
+    """Copy the code defining `config_class` and `model_class` into the checkpoint `folder`, flat."""
+    for path in code_files(config_class, model_class):
+        shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
+
+
 class MtlmPreTrainedModel(PreTrainedModel):
     """Base of every mtlm model: attention backends, weight init and self-contained remote-code checkpoints."""
 
@@ -348,15 +362,10 @@ class MtlmPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Save weights and config, plus the flat code files and `auto_map` that let the folder load with
         `trust_remote_code=True` where mtlm is not installed."""
-        config_class, model_class = type(self.config), type(self)
-        self.config.auto_map = {
-            "AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}",
-            "AutoModelForCausalLM": f"{model_class.__module__.rsplit('.', 1)[-1]}.{model_class.__name__}",
-        }
+        self.config.auto_map = auto_map(type(self.config), type(self))
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            for path in code_files(config_class, model_class):
-                shutil.copyfile(path, os.path.join(save_directory, os.path.basename(path)))
+            copy_code_files(type(self.config), type(self), save_directory)
 
 
 class MtlmModel(MtlmPreTrainedModel):

@@ -85,12 +85,12 @@ def learning_rate_schedule(training: dict) -> optax.Schedule:
     return optax.join_schedules([warm, after], [warmup])
 
 
-def make_optimizer(training: dict, params) -> optax.GradientTransformation:
+def make_optimizer(training: dict, params, schedule: optax.Schedule) -> optax.GradientTransformation:
     """Clip, then AdamW with weight decay on matrices (ndim >= 2) only."""
     decay_mask = jax.tree.map(lambda value: value.ndim >= 2, params)
     return optax.chain(
         optax.clip_by_global_norm(training["max_grad_norm"]),
-        optax.adamw(learning_rate_schedule(training), b1=training["adam_beta1"], b2=training["adam_beta2"],
+        optax.adamw(schedule, b1=training["adam_beta1"], b2=training["adam_beta2"],
                     eps=training.get("adam_epsilon", 1e-8), weight_decay=training["weight_decay"], mask=decay_mask),
     )
 
@@ -122,7 +122,8 @@ class FlaxTrainer:
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self.params = jax.device_put(params, jax.tree.map(lambda value: parameter_sharding(mesh, value), params))
         self.rest = jax.device_put(self.rest, NamedSharding(mesh, P()))
-        self.optimizer = make_optimizer(training, self.params)
+        self.schedule = learning_rate_schedule(training)
+        self.optimizer = make_optimizer(training, self.params, self.schedule)
         self.opt_state = self.optimizer.init(self.params)
         self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
         self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1, 2))
@@ -211,9 +212,11 @@ def batches(rows: np.ndarray, batch_size: int, seed: int, start_step: int, steps
     per_epoch = len(rows) // batch_size
     if per_epoch == 0:
         raise ValueError(f"The training split has {len(rows)} blocks, fewer than one batch of {batch_size}.")
+    order_epoch, order = None, None
     for step in range(start_step, steps):
         epoch, position = divmod(step, per_epoch)
-        order = np.random.default_rng(seed + epoch).permutation(len(rows))
+        if epoch != order_epoch:
+            order_epoch, order = epoch, np.random.default_rng(seed + epoch).permutation(len(rows))
         block = rows[order[position * batch_size : (position + 1) * batch_size]]
         yield {"input_ids": block, "attention_mask": np.ones_like(block), "labels": block}
 
@@ -308,7 +311,7 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
             elapsed = time.perf_counter() - window_start
             entry = {"loss": float(np.mean(losses)),
                      "grad_norm": float(window[-1]["grad_norm"]),
-                     "learning_rate": float(learning_rate_schedule(training)(step - 1)),
+                     "learning_rate": float(trainer.schedule(step - 1)),
                      "tokens_per_second": len(window) * batch["input_ids"].size / elapsed,
                      "flos": state["total_flos"], "num_input_tokens_seen": state["num_input_tokens_seen"],
                      "step": step}

@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -23,7 +24,25 @@ DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir", "n_samples", "N", "A", "B", "ops", "seed"}
 FLAX_KEYS = {"data_parallel", "fsdp"}  # the device mesh of --backend flax
 SECTIONS = ("model", "tokenizer", "data", "training", "flax")
-YAML_WORD_BOOLEANS = {"no", "off", "yes", "on", "n", "y"}
+
+
+class RunConfigLoader(yaml.SafeLoader):
+    """YAML as people write run configs: booleans are only true and false (`save_strategy: no` stays the word), and
+    1e-3 is a number (YAML 1.1 wants 1.0e-3)."""
+
+
+RunConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RunConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                      list("tTfF"))
+RunConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                                      list("-+0123456789"))
+
+
+def parse_yaml(text) -> object:
+    return yaml.load(text, Loader=RunConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _unknown(key: str, valid, where: str) -> ValueError:
@@ -82,11 +101,9 @@ def validate(run: dict) -> dict:
         if key not in ARITHMETIC_KEYS:
             raise _unknown(key, ARITHMETIC_KEYS, "data.arithmetic")
     valid_training_keys = training_argument_names()
-    for key, value in run["training"].items():
+    for key in run["training"]:
         if key not in valid_training_keys:
             raise _unknown(key, valid_training_keys, "training (TrainingArguments fields)")
-        if key.endswith("_strategy") and value is False:  # YAML 1.1 reads `save_strategy: no` as false
-            run["training"][key] = "no"
     if run["tokenizer"].get("kind", "char") not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer.kind={run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
@@ -94,20 +111,6 @@ def validate(run: dict) -> dict:
     if "output_dir" not in run["training"]:
         raise ValueError("training.output_dir is required: the folder for checkpoints and the final model.")
     return run
-
-
-def _parse_value(text: str):
-    """A YAML value, with floats such as 1e-3 read as numbers (YAML 1.1 wants 1.0e-3) and no / off / yes / on kept
-    as words (`eval_strategy=no`); booleans are true and false."""
-    if text.strip().lower() in YAML_WORD_BOOLEANS:
-        return text.strip()
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(run: dict, overrides: list[str]) -> dict:
@@ -121,7 +124,7 @@ def apply_overrides(run: dict, overrides: list[str]) -> dict:
         target = run.setdefault(keys[0], {})
         for key in keys[1:-1]:
             target = target.setdefault(key, {})
-        target[keys[-1]] = _parse_value(value)
+        target[keys[-1]] = parse_yaml(value)
     return run
 
 
@@ -131,7 +134,7 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> di
     if not path.is_file():
         raise FileNotFoundError(f"No run config at {path}: pass a YAML file (see configs/).")
     with open(path, encoding="utf-8") as handle:
-        run = yaml.safe_load(handle) or {}
+        run = parse_yaml(handle) or {}
     if not isinstance(run, dict):
         raise ValueError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}.")
     return validate(apply_overrides(run, list(overrides)))
