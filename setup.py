@@ -12,13 +12,16 @@ setup(
     package_data={"mtlm.data": ["corpora/*.txt"], "mtlm.hub_cards": ["templates/*.md"]},
     python_requires=">=3.10",
     # torch is installed first as `pip install torch==2.13.0`; any range that version satisfies installs nothing more.
+    # The fast-moving dependencies are bounded by what the suite runs on: CI tests the lower bounds
+    # (requirements/oldest.txt) and the newest releases inside the bounds (requirements/lock.txt); scripts/lock.py
+    # regenerates both. transformers 5.24 renamed the KV cache argument in a minor release, hence minor-level bounds.
     install_requires=[
-        "torch>=2.4",
-        "transformers>=5.23,<6",
-        "accelerate>=1.0",
+        "torch>=2.6",
+        "transformers>=5.23.0,<5.25",
+        "accelerate>=1.13.0,<1.16",
         "safetensors>=0.4",
         "tokenizers>=0.21",
-        "datasets>=3.0",
+        "datasets>=4.8.0,<5.3",
         "huggingface_hub>=1.0",
         "pyyaml>=6.0",
         "matplotlib>=3.7",
@@ -26,9 +29,9 @@ setup(
         "jinja2>=3.0",  # model-card templates
     ],
     extras_require={
-        "eval": ["lm-eval>=0.4.13,<0.5"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "lm-eval>=0.4.13,<0.5"],
-        "flax": ["jax>=0.6", "flax>=0.12", "optax>=0.2.8"],
+        "eval": ["lm-eval>=0.4.13,<0.4.14"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "lm-eval>=0.4.13,<0.4.14"],
+        "flax": ["jax>=0.9.0,<0.11", "flax>=0.12.6,<0.13", "optax>=0.2.6,<0.3"],
         "cuda": ["flash-attn>=2.6"],
     },
     entry_points={"console_scripts": ["mtlm=mtlm.cli:main"]},

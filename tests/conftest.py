@@ -1,5 +1,8 @@
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -14,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 import mtlm  # noqa: E402, F401  (registers the families)
 
+TESTS = Path(__file__).parent
 FAMILIES = ("mtlm_llama", "mtlm_gpt", "mtlm_moe")
 VOCAB_SIZE = 97
 
@@ -55,3 +59,24 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     """Token ids avoiding the special ids 0-2, so that no row ends early at eos."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB_SIZE, (batch, length), generator=generator)
+
+
+# Imported first thing by every script run_without_mtlm runs: `import mtlm` raises ImportError, as where it is absent.
+WITHOUT_MTLM = """
+import sys
+sys.modules["mtlm"] = None
+try:
+    import mtlm
+except ImportError:
+    pass
+else:
+    raise SystemExit("mtlm is importable")
+"""
+
+
+def run_without_mtlm(script: str, *arguments: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run a Python `script` with `arguments` in a fresh process, offline, where mtlm cannot be imported, with a
+    remote-code module cache of its own."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": os.environ.get("PATH", "")}
+    return subprocess.run([sys.executable, "-c", WITHOUT_MTLM + script, *arguments], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)

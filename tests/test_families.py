@@ -1,5 +1,5 @@
-"""Each family behaves as a transformers causal LM: Auto classes, save/load, attention backends, cache,
-generation with left padding, gradient checkpointing, initialisation and input checks."""
+"""Each family behaves as a transformers causal LM: Auto classes, save/load, attention backends, gradient
+checkpointing, initialisation and input checks (decoding with and without the cache: test_generation.py)."""
 
 import math
 
@@ -62,30 +62,6 @@ def test_eager_and_sdpa_agree(family):
         sdpa_logits = sdpa(ids, attention_mask=mask).logits
     real = mask.bool()
     torch.testing.assert_close(sdpa_logits[real], eager_logits[real], rtol=0, atol=1e-5)
-
-
-def test_greedy_generation_with_cache_equals_without(family):
-    model = tiny_model(family)
-    prompt = random_ids(1, 5)
-    with_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True)
-    without_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
-    assert with_cache.shape[1] == 17
-    assert torch.equal(with_cache, without_cache)
-
-
-def test_left_padded_batch_generates_what_each_prompt_generates_alone(family):
-    model = tiny_model(family)
-    prompts = [random_ids(1, 7, seed=3)[0], random_ids(1, 3, seed=4)[0]]
-    width = max(len(p) for p in prompts)
-    pad = model.config.pad_token_id
-    input_ids = torch.stack([torch.cat([torch.full((width - len(p),), pad), p]) for p in prompts])
-    attention_mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-    batch = model.generate(
-        input_ids, attention_mask=attention_mask, max_new_tokens=8, do_sample=False, eos_token_id=None
-    )
-    for row, prompt in enumerate(prompts):
-        alone = model.generate(prompt[None], max_new_tokens=8, do_sample=False, eos_token_id=None)
-        assert torch.equal(batch[row, width:], alone[0, len(prompt):]), f"row {row} differs"
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(family):

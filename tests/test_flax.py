@@ -19,7 +19,7 @@ pytest.importorskip("optax")
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from conftest import random_ids, tiny_config, tiny_model  # noqa: E402
-from test_remote_code import REMOTE_SCRIPT  # noqa: E402
+from test_remote_code import assert_loads_as_remote_code  # noqa: E402
 from test_training import tiny_run  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
@@ -119,13 +119,7 @@ def test_flax_training_writes_a_folder_pytorch_loads_with_the_same_logits(tmp_pa
     np.testing.assert_allclose(flax_logits(twin, ids), expected.numpy(), atol=1e-4, rtol=0)
 
     # ...and with remote code, in a process where mtlm cannot be imported.
-    torch.save(ids, tmp_path / "ids.pt")
-    torch.save(expected, tmp_path / "logits.pt")
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": os.environ.get("PATH", "")}
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "ids.pt"),
-                             str(tmp_path / "logits.pt"), str(tmp_path / "resaved")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_loads_as_remote_code(folder, ids, expected, tmp_path)
 
 
 MESH_SCRIPT = textwrap.dedent("""

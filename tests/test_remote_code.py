@@ -1,27 +1,20 @@
 """Every checkpoint folder mtlm writes loads with trust_remote_code=True in a process where mtlm cannot be
-imported, computes identical logits, generates, and saves a folder that loads the same way again."""
+imported, computes identical logits, decodes the same with and without the cache (tests/cache_checks.py), and saves
+a folder that loads the same way again."""
 
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_ids, tiny_model
+from conftest import TESTS, random_ids, run_without_mtlm, tiny_model
 
 from mtlm.growth import grow_folder
 
 REMOTE_SCRIPT = r"""
 import sys
-sys.modules["mtlm"] = None  # `import mtlm` now raises ImportError, as on a machine without it
-try:
-    import mtlm
-except ImportError:
-    pass
-else:
-    raise SystemExit("mtlm is importable")
-
+sys.path.insert(0, sys.argv[5])
+from cache_checks import check_every_decoding_mode, sharpen
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -41,8 +34,19 @@ again = AutoModelForCausalLM.from_pretrained(resaved, trust_remote_code=True).ev
 with torch.no_grad():
     torch.testing.assert_close(again(ids).logits, expected, rtol=0, atol=0)
 assert torch.equal(again.generate(ids[:, :4], max_new_tokens=6, do_sample=False, eos_token_id=None), generated)
+check_every_decoding_mode(sharpen(model), [ids[0], ids[1, :6]])
 print("remote-ok", type(model).__name__)
 """
+
+
+def assert_loads_as_remote_code(folder: Path, ids: torch.Tensor, expected_logits: torch.Tensor, tmp_path: Path) -> str:
+    """Run REMOTE_SCRIPT on `folder` in a process without mtlm; returns the class name it loaded."""
+    torch.save(ids, tmp_path / "ids.pt")
+    torch.save(expected_logits, tmp_path / "logits.pt")
+    result = run_without_mtlm(REMOTE_SCRIPT, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"),
+                              str(tmp_path / "resaved"), str(TESTS), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split("remote-ok ")[-1].strip()
 
 
 @pytest.mark.parametrize("written_by", ["save_pretrained", "grow_folder"])
@@ -64,15 +68,7 @@ def test_checkpoint_loads_as_remote_code_without_mtlm(family, written_by, tmp_pa
         assert "import mtlm" not in text and "from mtlm" not in text and "from .." not in text, name
 
     ids = random_ids(2, 10)
-    torch.save(ids, tmp_path / "ids.pt")
     with torch.no_grad():
-        torch.save(model(ids).logits, tmp_path / "logits.pt")
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": os.environ.get("PATH", "")}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"),
-         str(tmp_path / "resaved")],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"remote-ok {type(model).__name__}" in result.stdout
+        logits = model(ids).logits
+    assert assert_loads_as_remote_code(folder, ids, logits, tmp_path) == type(model).__name__
     assert sorted(path.name for path in (tmp_path / "resaved").glob("*.py")) == sorted(code)

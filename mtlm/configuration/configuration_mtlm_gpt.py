@@ -19,7 +19,8 @@ class MtlmGPTConfig(PreTrainedConfig):
     """
 
     model_type = "mtlm_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The cache, by its names before and since transformers 5.24.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 50257
     hidden_size: int = 768

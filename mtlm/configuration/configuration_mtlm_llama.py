@@ -18,7 +18,8 @@ class MtlmLlamaConfig(PreTrainedConfig):
     """
 
     model_type = "mtlm_llama"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # The cache, by its names before and since transformers 5.24.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 32000
     hidden_size: int = 768

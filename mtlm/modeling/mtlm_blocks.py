@@ -26,6 +26,19 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: in the arguments `generate()` passes to
+# `forward`, in the output field it reads the cache back from, and in what GradientCheckpointingLayer switches off.
+# This file travels in checkpoint folders to machines with either, so it speaks both.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache, whichever of its two names it was passed under."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the KV cache once, as `cache` or as `past_key_values` (its name before transformers "
+                         "5.24), not as both.")
+    return cache if cache is not None else past_key_values
+
 
 class MtlmRMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale, computed in float32."""
@@ -176,10 +189,11 @@ class MtlmAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden) and the attention weights if eager."""
+        """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden) and the attention weights if eager. `cache`
+        receives this layer's keys and values and returns all of them so far."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -188,8 +202,8 @@ class MtlmAttention(nn.Module):
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -270,15 +284,17 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden)."""
+        """hidden_states: (batch, seq, hidden) -> (batch, seq, hidden). The model passes the cache under
+        `CACHE_NAME`, the name GradientCheckpointingLayer drops it by."""
         attn_output, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=pick_cache(cache, past_key_values),
             **kwargs,
         )
         hidden_states = hidden_states + residual_dropout(attn_output, self.hidden_dropout, self.training)
@@ -324,7 +340,7 @@ class MtlmPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MtlmDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -398,33 +414,31 @@ class MtlmModel(MtlmPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """input_ids: (batch, seq) or inputs_embeds: (batch, seq, hidden); attention_mask: (batch, past + seq) with 0
-        on padding. Returns last_hidden_state (batch, seq, hidden) and the cache."""
+        on padding; cache (or past_key_values): the keys and values of the past tokens. Returns last_hidden_state
+        (batch, seq, hidden) and the cache, under `CACHE_NAME`."""
+        cache = pick_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             if not torch.compiler.is_compiling():
                 self.check_input_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None and not self.training:  # a cache only serves decoding
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None and not self.training:  # a cache only serves decoding
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        # The cache goes by position: its keyword is the one transformers renamed.
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
         hidden_states, position_embeddings = self.apply_positions(inputs_embeds, position_ids)
         hidden_states = residual_dropout(hidden_states, self.config.hidden_dropout, self.training)
         for decoder_layer in self.layers:
@@ -433,11 +447,11 @@ class MtlmModel(MtlmPreTrainedModel):
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE_NAME: cache},
                 **kwargs,
             )
-        return self.output_class(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+        return self.output_class(last_hidden_state=self.norm(hidden_states), **{CACHE_NAME: cache})
 
 
 class MtlmForCausalLM(MtlmPreTrainedModel, GenerationMixin):
@@ -451,20 +465,22 @@ class MtlmForCausalLM(MtlmPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ):
         """labels: (batch, seq), -100 where no loss is taken; shifted inside. Returns logits (batch, kept, vocab),
-        the mean next-token loss if labels are given, and whatever the backbone returned besides its last state."""
+        the mean next-token loss if labels are given, and whatever the backbone returned besides its last state (the
+        cache under `CACHE_NAME`)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
