@@ -27,7 +27,7 @@ for _config_class, (_model_class, _lm_class) in FAMILIES.items():
     AutoModel.register(_config_class, _model_class, exist_ok=True)
     AutoModelForCausalLM.register(_config_class, _lm_class, exist_ok=True)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FAMILIES",

@@ -17,7 +17,7 @@ from .evaluation.compare import comparison_rows, load_run, markdown_comparison, 
 from .evaluation.exact_match import exact_match, read_jsonl
 from .evaluation.perplexity import perplexity, read_documents
 from .evaluation.results import save_into_checkpoint
-from .files import atomic_file, atomic_folder, read_checkpoint_config, require_tokenizer
+from .files import atomic_file, atomic_folder, read_checkpoint_config, require_tokenizer, upgrade_code
 from .growth import METHODS, grow_folder
 from .hub_cards import write_card
 from .hub_cards.publish import export_folder, push_folder
@@ -234,6 +234,14 @@ def _export(args: argparse.Namespace) -> None:
     print(f"Wrote a Hub-ready folder with {kind} to {args.out}")
 
 
+def _upgrade_code(args: argparse.Namespace) -> None:
+    for folder in args.checkpoints:
+        read_checkpoint_config(folder)  # every folder is checked before any is changed
+    for folder in args.checkpoints:
+        changed = upgrade_code(folder)
+        print(f"{folder}: {'updated ' + ', '.join(changed) if changed else 'already current'}")
+
+
 def _push(args: argparse.Namespace) -> None:
     files = push_folder(args.checkpoint, args.repo_id, private=args.private, revision=args.revision,
                         dry_run=args.dry_run)
@@ -447,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--license", help="licence identifier for the card's metadata")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(handler=_export)
+
+    upgrade = commands.add_parser(
+        "upgrade-code", help="bring the code files a checkpoint folder carries up to this version of mtlm",
+        description="Rewrite the remote-code files (and config.json's auto_map) of mtlm checkpoint folders to this "
+        "version's, leaving weights, tokenizer and everything else untouched. Folders written by mtlm 0.1 carry "
+        "code that decodes wrongly with the KV cache on transformers 5.24 and later; a run folder and its "
+        "checkpoints: mtlm upgrade-code runs/x runs/x/checkpoint-*.",
+    )
+    upgrade.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="mtlm checkpoint folders")
+    upgrade.set_defaults(handler=_upgrade_code)
 
     push = commands.add_parser(
         "push", help="upload a Hub-ready folder to a Hub model repository",

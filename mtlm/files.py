@@ -1,5 +1,5 @@
-"""Checkpoint folders: reading their config safely, and writing files and folders so that a good one is never
-replaced by a half-written one."""
+"""Checkpoint folders: reading their config safely, writing files and folders so that a good one is never replaced
+by a half-written one, and bringing the code files a folder carries up to date."""
 
 import json
 import os
@@ -98,3 +98,38 @@ def require_tokenizer(folder: str | os.PathLike) -> None:
     if folder.is_dir() and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{folder} has no tokenizer: save one beside the weights with "
                                 "tokenizer.save_pretrained(folder) (mtlm train does this).")
+
+
+def upgrade_code(folder: str | os.PathLike) -> list[str]:
+    """Replace the remote-code files of an mtlm checkpoint folder (and its config's `auto_map`) with this version's,
+    leaving the weights, tokenizer and every other file as they are. Each file is written under a temporary name and
+    then renamed into place. Returns the names of the files that changed (new, rewritten or removed)."""
+    from . import FAMILIES
+    from .modeling.mtlm_blocks import auto_map, code_files
+
+    folder = Path(folder)
+    config = read_checkpoint_config(folder)
+    config_class, model_class = next((config_class, lm_class) for config_class, (_, lm_class) in FAMILIES.items()
+                                     if config_class.model_type == config["model_type"])
+    current = {Path(path).name: Path(path).read_bytes() for path in code_files(config_class, model_class)}
+    every_family = {Path(path).name for family, (_, lm_class) in FAMILIES.items()
+                    for path in code_files(family, lm_class)}
+    changed = []
+    for name, source in current.items():
+        if (folder / name).is_file() and (folder / name).read_bytes() == source:
+            continue
+        descriptor, partial = tempfile.mkstemp(prefix=f".{name}.partial-", dir=folder)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(source)
+        os.replace(partial, folder / name)
+        changed.append(name)
+    for stale in sorted(every_family - set(current)):  # another family's file, left by an earlier layout
+        if (folder / stale).is_file():
+            (folder / stale).unlink()
+            changed.append(stale)
+    if config.get("auto_map") != auto_map(config_class, model_class):
+        with atomic_file(folder / "config.json") as handle:
+            json.dump({**config, "auto_map": auto_map(config_class, model_class)}, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        changed.append("config.json")
+    return changed

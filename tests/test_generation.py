@@ -6,10 +6,13 @@ The models are sharpened (tests/cache_checks.py) so that their next token depend
 model a dropped cache gives the same greedy tokens, which is how the transformers 5.24 cache rename went unnoticed.
 """
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,10 +27,11 @@ from cache_checks import (
 from conftest import TESTS, random_ids, run_without_mtlm, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from mtlm import MtlmLlamaConfig, MtlmLlamaForCausalLM
 from mtlm.cli import main as mtlm_main
 from mtlm.data.tokenization import make_tokenizer
 from mtlm.evaluation.exact_match import greedy_answers
-from mtlm.modeling.mtlm_blocks import CACHE_NAME
+from mtlm.modeling.mtlm_blocks import CACHE_NAME, code_files
 
 FIXTURE_TEXT = (TESTS / "fixtures" / "shakespeare-6k.txt").read_text(encoding="utf-8")
 PROMPTS = [random_ids(1, 7, seed=3)[0], random_ids(1, 3, seed=4)[0], random_ids(1, 5, seed=5)[0]]
@@ -112,17 +116,32 @@ REMOTE_CHECK = r"""
 import sys
 sys.path.insert(0, sys.argv[2])
 import torch
-from cache_checks import check_every_decoding_mode
+from cache_checks import check_every_decoding_mode, generate_both_ways
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+folder, expect = sys.argv[1], sys.argv[3]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+tokenizer = AutoTokenizer.from_pretrained(folder)
 prompts = [tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
            for text in ("ROMEO:", "First Citizen:\nWe", "Be")]
-check_every_decoding_mode(model, prompts, max_new_tokens=10)
+if expect == "broken":
+    cached, uncached = generate_both_ways(model, prompts[0][None], do_sample=False, max_new_tokens=10,
+                                          eos_token_id=None)
+    assert not torch.equal(cached.sequences, uncached.sequences)
+else:
+    check_every_decoding_mode(model, prompts, max_new_tokens=10)
 print("remote-cache-ok")
 """
+
+
+def assert_remote_code_decodes(folder: Path, tmp_path: Path, expect: str = "right") -> None:
+    """In a process without mtlm, the folder's remote code decodes the same with and without the cache (or, with
+    expect="broken", it does not)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    result = run_without_mtlm(REMOTE_CHECK, str(folder), str(TESTS), expect, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote-cache-ok" in result.stdout
 
 
 def test_mtlm_generate_on_a_trained_checkpoint_decodes_as_without_the_cache(tmp_path, capsys):
@@ -156,6 +175,27 @@ def test_mtlm_generate_on_a_trained_checkpoint_decodes_as_without_the_cache(tmp_
     mtlm_main(["generate", str(folder), "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "40"])
     assert capsys.readouterr().out.rstrip("\n") == reference_text(model, tokenizer, "ROMEO:", 40)
 
-    result = run_without_mtlm(REMOTE_CHECK, str(folder), str(TESTS), tmp_path=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote-cache-ok" in result.stdout
+    assert_remote_code_decodes(folder, tmp_path)
+
+
+def test_upgrade_code_brings_a_folder_written_before_the_cache_rename_up_to_date(tmp_path, capsys):
+    """The fixture is a sharpened mtlm_llama saved by mtlm 0.1 (commit c7657dc), code files included."""
+    folder = tmp_path / "old"
+    shutil.copytree(TESTS / "fixtures" / "checkpoint-before-cache-rename", folder)
+    untouched = {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix != ".py"}
+    if CACHE_NAME == "cache":  # transformers >= 5.24: the old code drops the cache
+        assert_remote_code_decodes(folder, tmp_path / "before", expect="broken")
+
+    mtlm_main(["upgrade-code", str(folder)])
+    assert "mtlm_blocks.py" in capsys.readouterr().out.split("updated ")[1]
+    shipped = {Path(path).name: Path(path).read_bytes() for path in code_files(MtlmLlamaConfig, MtlmLlamaForCausalLM)}
+    assert {path.name: path.read_bytes() for path in folder.glob("*.py")} == shipped
+    config = json.loads((folder / "config.json").read_text())
+    assert config == {**json.loads(untouched.pop("config.json")), "auto_map": config["auto_map"]}
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix != ".py"
+            and path.name != "config.json"} == untouched
+    assert_remote_code_decodes(folder, tmp_path / "after")
+    mtlm_main(["upgrade-code", str(folder)])
+    assert "already current" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a checkpoint folder"):
+        mtlm_main(["upgrade-code", str(folder), str(tmp_path / "nowhere")])
