@@ -21,6 +21,8 @@ from mtlm import MtlmGPTForCausalLM, MtlmLlamaForCausalLM, MtlmMoeForCausalLM
 from mtlm.cli import main as mtlm_main
 from mtlm.convert import from_upstream, to_upstream
 
+pytestmark = pytest.mark.compat
+
 SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
 UPSTREAM_CASES = {
     "llama-gqa-biases": lambda: LlamaForCausalLM(

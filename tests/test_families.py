@@ -11,6 +11,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 import mtlm
 from mtlm.modeling.mtlm_blocks import MtlmDecoderLayer
 
+pytestmark = pytest.mark.compat
+
 
 def test_auto_classes_build_every_family(family):
     config = AutoConfig.for_model(family, hidden_size=64, num_attention_heads=4, num_hidden_layers=1)

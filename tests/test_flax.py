@@ -27,6 +27,8 @@ import mtlm  # noqa: E402
 from mtlm.training import run_config  # noqa: E402
 from mtlm.training.flax_trainer import train_flax  # noqa: E402
 
+pytestmark = pytest.mark.compat
+
 VARIANTS = [  # (family, config overrides): norms, tying, biases, grouped-query attention
     ("mtlm_llama", {}),  # GQA 4/2, attention biases, untied
     ("mtlm_llama", {"num_key_value_heads": 4, "attention_bias": False, "tie_word_embeddings": True,

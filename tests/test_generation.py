@@ -33,6 +33,8 @@ from mtlm.data.tokenization import make_tokenizer
 from mtlm.evaluation.exact_match import greedy_answers
 from mtlm.modeling.mtlm_blocks import CACHE_NAME, code_files
 
+pytestmark = pytest.mark.compat
+
 FIXTURE_TEXT = (TESTS / "fixtures" / "shakespeare-6k.txt").read_text(encoding="utf-8")
 PROMPTS = [random_ids(1, 7, seed=3)[0], random_ids(1, 3, seed=4)[0], random_ids(1, 5, seed=5)[0]]
 
@@ -186,9 +188,13 @@ def test_upgrade_code_brings_a_folder_written_before_the_cache_rename_up_to_date
     if CACHE_NAME == "cache":  # transformers >= 5.24: the old code drops the cache
         assert_remote_code_decodes(folder, tmp_path / "before", expect="broken")
 
+    shipped = {Path(path).name: Path(path).read_bytes() for path in code_files(MtlmLlamaConfig, MtlmLlamaForCausalLM)}
+    mtlm_main(["export", str(folder), str(tmp_path / "exported")])  # export writes the current code as well
+    assert {path.name: path.read_bytes() for path in (tmp_path / "exported").glob("*.py")} == shipped
+    capsys.readouterr()
+
     mtlm_main(["upgrade-code", str(folder)])
     assert "mtlm_blocks.py" in capsys.readouterr().out.split("updated ")[1]
-    shipped = {Path(path).name: Path(path).read_bytes() for path in code_files(MtlmLlamaConfig, MtlmLlamaForCausalLM)}
     assert {path.name: path.read_bytes() for path in folder.glob("*.py")} == shipped
     config = json.loads((folder / "config.json").read_text())
     assert config == {**json.loads(untouched.pop("config.json")), "auto_map": config["auto_map"]}

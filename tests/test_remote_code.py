@@ -11,6 +11,8 @@ from conftest import TESTS, random_ids, run_without_mtlm, tiny_model
 
 from mtlm.growth import grow_folder
 
+pytestmark = pytest.mark.compat
+
 REMOTE_SCRIPT = r"""
 import sys
 sys.path.insert(0, sys.argv[5])
