@@ -9,7 +9,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mtlm", "mtlm.*"]),
-    package_data={"mtlm.data": ["corpora/*.txt"], "mtlm.hub_cards": ["templates/*.md"]},
+    package_data={"mtlm": ["configs/*.yaml"], "mtlm.data": ["corpora/*.txt"], "mtlm.hub_cards": ["templates/*.md"]},
     python_requires=">=3.10",
     # torch is installed first as `pip install torch==2.13.0`; any range that version satisfies installs nothing more.
     # The fast-moving dependencies are bounded by what the suite runs on: CI tests the lower bounds

@@ -4,8 +4,8 @@ Both train the same model config on the same data with the same recipe for `--st
 evaluation or checkpoints. Throughput is counted in steady state, from step `--skip` on, so that jit compilation
 (Flax) and the first steps' warm-up (both) are left out.
 
-    python benchmarks/bench_flax.py                                   # configs/shakespeare-char.yaml, 200 steps
-    python benchmarks/bench_flax.py configs/tlm-transformer.yaml --steps 100
+    python benchmarks/bench_flax.py                                   # shakespeare-char, 200 steps
+    python benchmarks/bench_flax.py tlm-transformer --steps 100
 """
 
 import argparse
@@ -55,7 +55,7 @@ def flax_tokens_per_second(run: dict, skip: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help="run config (default: configs/shakespeare-char.yaml)")
+    parser.add_argument("config", nargs="?", help="run config: a YAML file or a bundled name (default: shakespeare-char)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--skip", type=int, default=20, help="steps left out of the count (warm-up, compilation)")
     args = parser.parse_args()

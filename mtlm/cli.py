@@ -39,6 +39,14 @@ def _presets(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
+def _configs(args: argparse.Namespace) -> None:
+    configs = run_config.bundled_configs()
+    width = max(len(name) for name in configs)
+    for name, (_, description) in configs.items():
+        print(f"{name.ljust(width)}  {description}")
+    print(f"\nmtlm train NAME trains one; the files are in {run_config.CONFIGS}")
+
+
 def _convert(args: argparse.Namespace) -> None:
     direction = convert_folder(args.source, args.destination, to=args.to, overwrite=args.overwrite)
     print(f"Wrote {direction} checkpoint to {args.destination}")
@@ -266,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     presets.set_defaults(handler=_presets)
 
+    configs = commands.add_parser(
+        "configs", help="list the bundled run configs (mtlm train NAME)",
+        description="List the run configs that ship with mtlm, each with the first line of its comment. Train one "
+        "with `mtlm train NAME`, or copy its file and edit it.",
+    )
+    configs.set_defaults(handler=_configs)
+
     convert = commands.add_parser(
         "convert", help="convert a checkpoint folder between mtlm and its upstream transformers twin",
         description="Convert a checkpoint folder: mtlm_llama <-> LlamaForCausalLM, mtlm_gpt <-> GPT2LMHeadModel, "
@@ -320,10 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model from a YAML run config through the HF Trainer",
         description="Train from a run config (sections model, tokenizer, data, training; training keys are "
-        "TrainingArguments fields). Without CONFIG: configs/shakespeare-char.yaml, a small mtlm_llama on the "
+        "TrainingArguments fields). Without CONFIG: shakespeare-char, a small mtlm_llama on the "
         "bundled Tiny Shakespeare. The final model lands at the root of training.output_dir.",
     )
-    train.add_argument("config", nargs="?", help="run config YAML (default: configs/shakespeare-char.yaml)")
+    train.add_argument("config", nargs="?", help="run config: a YAML file or the name of a bundled one (mtlm "
+                       "configs); default shakespeare-char")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value (repeatable), e.g. --set training.max_steps=100")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder")

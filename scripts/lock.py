@@ -12,8 +12,8 @@ on disk), then mtlm with the dev and flax extras.
   datasets, lm-eval, jax, flax, optax) is pinned to its lower bound; the compatibility tests (-m compat) must pass.
   `scripts/test.sh --oldest` installs from this file.
 
-A lock file is replaced (through a temporary name) only when its tests passed. torch and mtlm itself are left out
-of both: setup.sh installs them.
+A lock file is replaced (through a temporary name) only when its tests passed. torch, pip and mtlm itself are left
+out of both: setup.sh installs them.
 """
 
 import argparse
@@ -72,8 +72,9 @@ def build_and_test(name: str, workspace: Path) -> str:
     subprocess.run([python, "-m", "pytest", "-n", "2", "-q", *pytest_arguments], cwd=ROOT, check=True,
                    env={**os.environ, **OFFLINE, "VIRTUAL_ENV": str(venv),
                         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"})
-    frozen = run([*pip, "freeze", "--exclude-editable"]).splitlines()
-    pins = sorted((line for line in frozen if line and not line.lower().startswith(("torch==", "mtlm"))),
+    # --all keeps setuptools (torch requires it; the wheel build uses it); pip stays the venv's own.
+    frozen = run([*pip, "freeze", "--all", "--exclude-editable"]).splitlines()
+    pins = sorted((line for line in frozen if line and not line.lower().startswith(("torch==", "mtlm", "pip=="))),
                   key=str.lower)
     versions = run([python, "-c", "import sys, torch; print(sys.version.split()[0], torch.__version__)"]).split()
     header = [

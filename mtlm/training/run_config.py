@@ -14,8 +14,8 @@ from transformers import AutoConfig, TrainingArguments
 from ..configuration.presets import PRESETS, preset_config
 from ..files import atomic_file, read_checkpoint_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_CONFIG = CONFIGS / "shakespeare-char.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
+DEFAULT_CONFIG = "shakespeare-char"
 
 TOKENIZER_KEYS = {"kind", "vocab_size", "path"}
 TOKENIZER_KINDS = {"arithmetic", "byte", "char", "bpe", "pretrained"}
@@ -128,11 +128,31 @@ def apply_overrides(run: dict, overrides: list[str]) -> dict:
     return run
 
 
+def bundled_configs() -> dict[str, tuple[Path, str]]:
+    """The run configs shipped in mtlm/configs: name -> (path, the first line of its leading comment)."""
+    configs = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        first_line = path.read_text(encoding="utf-8").splitlines()[0]
+        configs[path.stem] = (path, first_line.lstrip("# ").strip() if first_line.startswith("#") else "")
+    return configs
+
+
+def find_config(name_or_path: str | os.PathLike | None) -> Path:
+    """A run config by path, or by the name of a bundled one (`mtlm configs` lists them); None is the main job."""
+    name_or_path = DEFAULT_CONFIG if name_or_path is None else name_or_path
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    if str(name_or_path) in bundled:
+        return bundled[str(name_or_path)][0]
+    raise FileNotFoundError(f"No run config {name_or_path}: pass a YAML file or the name of a bundled config "
+                            f"({', '.join(bundled)}; `mtlm configs` describes them).")
+
+
 def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
-    """Read a run config (default: configs/shakespeare-char.yaml), apply overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"No run config at {path}: pass a YAML file (see configs/).")
+    """Read a run config (a path or a bundled config's name; default: shakespeare-char), apply overrides, validate."""
+    path = find_config(path)
     with open(path, encoding="utf-8") as handle:
         run = parse_yaml(handle) or {}
     if not isinstance(run, dict):
