@@ -100,9 +100,15 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _load_for_generation(checkpoint: str):
+    """Any causal LM folder with its tokenizer. An mtlm folder loads with this mtlm's classes, not with the code it
+    carries, which may be older (see mtlm upgrade-code)."""
     require_tokenizer(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    try:
+        is_mtlm = bool(read_checkpoint_config(checkpoint))
+    except (FileNotFoundError, ValueError):
+        is_mtlm = False
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=not is_mtlm).eval()
     return model, tokenizer
 
 

@@ -100,10 +100,9 @@ def require_tokenizer(folder: str | os.PathLike) -> None:
                                 "tokenizer.save_pretrained(folder) (mtlm train does this).")
 
 
-def upgrade_code(folder: str | os.PathLike) -> list[str]:
-    """Replace the remote-code files of an mtlm checkpoint folder (and its config's `auto_map`) with this version's,
-    leaving the weights, tokenizer and every other file as they are. Each file is written under a temporary name and
-    then renamed into place. Returns the names of the files that changed (new, rewritten or removed)."""
+def code_updates(folder: str | os.PathLike) -> dict[str, bytes | None]:
+    """What `upgrade_code` would change in an mtlm checkpoint folder: file name -> this version's bytes, or None for
+    a file to remove (another family's, left by an earlier layout). Empty when the folder's code is current."""
     from . import FAMILIES
     from .modeling.mtlm_blocks import auto_map, code_files
 
@@ -112,24 +111,44 @@ def upgrade_code(folder: str | os.PathLike) -> list[str]:
     config_class, model_class = next((config_class, lm_class) for config_class, (_, lm_class) in FAMILIES.items()
                                      if config_class.model_type == config["model_type"])
     current = {Path(path).name: Path(path).read_bytes() for path in code_files(config_class, model_class)}
-    every_family = {Path(path).name for family, (_, lm_class) in FAMILIES.items()
-                    for path in code_files(family, lm_class)}
-    changed = []
-    for name, source in current.items():
-        if (folder / name).is_file() and (folder / name).read_bytes() == source:
-            continue
-        descriptor, partial = tempfile.mkstemp(prefix=f".{name}.partial-", dir=folder)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(source)
-        os.replace(partial, folder / name)
-        changed.append(name)
-    for stale in sorted(every_family - set(current)):  # another family's file, left by an earlier layout
-        if (folder / stale).is_file():
-            (folder / stale).unlink()
-            changed.append(stale)
+    updates = {name: source for name, source in current.items()
+               if not (folder / name).is_file() or (folder / name).read_bytes() != source}
+    every_family = {Path(path).name for family, (_, lm_class) in FAMILIES.items() for path in code_files(family, lm_class)}
+    updates.update({name: None for name in sorted(every_family - set(current)) if (folder / name).is_file()})
     if config.get("auto_map") != auto_map(config_class, model_class):
-        with atomic_file(folder / "config.json") as handle:
-            json.dump({**config, "auto_map": auto_map(config_class, model_class)}, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        changed.append("config.json")
-    return changed
+        updates["config.json"] = (json.dumps({**config, "auto_map": auto_map(config_class, model_class)}, indent=2,
+                                             sort_keys=True) + "\n").encode()
+    return updates
+
+
+def upgrade_code(folder: str | os.PathLike) -> list[str]:
+    """Replace the remote-code files of an mtlm checkpoint folder (and its config's `auto_map`) with this version's,
+    leaving the weights, tokenizer and every other file as they are. Every new file is written under a temporary name
+    first; only when all are written are they renamed into place, config.json last. Returns the names changed."""
+    folder = Path(folder)
+    updates = code_updates(folder)
+    mode = 0o666 & ~current_umask()
+    staged = {}
+    try:
+        for name, source in updates.items():
+            if source is not None:
+                descriptor, staged[name] = tempfile.mkstemp(prefix=f".{name}.partial-", dir=folder)
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(source)
+                os.chmod(staged[name], mode)  # mkstemp's files are the owner's alone
+    except BaseException:
+        for partial in staged.values():
+            Path(partial).unlink(missing_ok=True)
+        raise
+    for name in sorted(updates, key=lambda name: name == "config.json"):
+        if updates[name] is None:
+            (folder / name).unlink()
+        else:
+            os.replace(staged[name], folder / name)
+    return list(updates)
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

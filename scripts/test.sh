@@ -2,7 +2,7 @@
 # The whole test suite, set-up included (scripts/setup.sh with the dev and flax extras, at the versions of
 # requirements/lock.txt), on two workers, offline. Extra arguments go to pytest.
 # `scripts/test.sh --oldest` runs the compatibility tests (generation, cache, remote code, parity: -m compat) in
-# .venv-oldest instead, at the lowest versions setup.py allows (requirements/oldest.txt).
+# .venv-oldest instead, with every two-sided bound of setup.py at its lower end (requirements/oldest.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--oldest" ]]; then

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ from mtlm import MtlmLlamaConfig, MtlmLlamaForCausalLM
 from mtlm.cli import main as mtlm_main
 from mtlm.data.tokenization import make_tokenizer
 from mtlm.evaluation.exact_match import greedy_answers
-from mtlm.modeling.mtlm_blocks import CACHE_NAME, code_files
+from mtlm.files import current_umask
+from mtlm.modeling.mtlm_blocks import CACHE_NAME, auto_map, code_files
 
 pytestmark = pytest.mark.compat
 
@@ -77,6 +79,7 @@ def reference_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 def test_pipeline_generates_the_same_text_with_and_without_the_cache(family):
     model, tokenizer = char_model_and_tokenizer(family)
+    assert_context_matters(model, tokenizer("ROMEO:\nWhat", return_tensors="pt")["input_ids"], 16)
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
     prompt = "ROMEO:\nWhat"
     texts = [generator(prompt, max_new_tokens=16, do_sample=False, use_cache=use_cache)
@@ -91,6 +94,7 @@ def test_exact_match_decodes_a_left_padded_batch_as_each_prompt_alone():
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = sharpen(AutoModelForCausalLM.from_config(config).eval(), std=0.5)
     prompts = ["7+5=", "12+345=", "999+1=", "40+40=", "3+123="]
+    assert_context_matters(model, tokenizer(f"<bos>{prompts[1]}", return_tensors="pt")["input_ids"], 4)
     answers = greedy_answers(model, tokenizer, prompts, batch_size=5, max_new_tokens=6, progress=False)
     for prompt, answer in zip(prompts, answers):
         alone = reference_text(model, tokenizer, f"{tokenizer.bos_token}{prompt}", 6)
@@ -103,6 +107,7 @@ def test_lm_eval_generate_until_decodes_as_the_reference(tmp_path):
     from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = char_model_and_tokenizer("mtlm_llama")
+    assert_context_matters(model, tokenizer("First Citizen:\nWe", return_tensors="pt")["input_ids"], 12)
     model.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
     lm = HFLM(pretrained=str(tmp_path / "ckpt"), trust_remote_code=True, device="cpu", batch_size=4)
@@ -182,26 +187,38 @@ def test_mtlm_generate_on_a_trained_checkpoint_decodes_as_without_the_cache(tmp_
 
 def test_upgrade_code_brings_a_folder_written_before_the_cache_rename_up_to_date(tmp_path, capsys):
     """The fixture is a sharpened mtlm_llama saved by mtlm 0.1 (commit c7657dc), code files included."""
-    folder = tmp_path / "old"
+    folder, spare = tmp_path / "old", tmp_path / "spare"
     shutil.copytree(TESTS / "fixtures" / "checkpoint-before-cache-rename", folder)
-    untouched = {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix != ".py"}
+    shutil.copytree(folder, spare)
     if CACHE_NAME == "cache":  # transformers >= 5.24: the old code drops the cache
         assert_remote_code_decodes(folder, tmp_path / "before", expect="broken")
-
     shipped = {Path(path).name: Path(path).read_bytes() for path in code_files(MtlmLlamaConfig, MtlmLlamaForCausalLM)}
     mtlm_main(["export", str(folder), str(tmp_path / "exported")])  # export writes the current code as well
     assert {path.name: path.read_bytes() for path in (tmp_path / "exported").glob("*.py")} == shipped
     capsys.readouterr()
 
-    mtlm_main(["upgrade-code", str(folder)])
-    assert "mtlm_blocks.py" in capsys.readouterr().out.split("updated ")[1]
-    assert {path.name: path.read_bytes() for path in folder.glob("*.py")} == shipped
+    (folder / "modeling_mtlm_gpt.py").write_text("# another family's file, as an earlier layout might leave\n")
     config = json.loads((folder / "config.json").read_text())
-    assert config == {**json.loads(untouched.pop("config.json")), "auto_map": config["auto_map"]}
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "old.Config"}}))
+    untouched = {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix != ".py"}
+
+    before = {path.name: path.read_bytes() for path in spare.iterdir()}
+    with pytest.raises(SystemExit, match="not a checkpoint folder"):  # every folder is checked before any changes
+        mtlm_main(["upgrade-code", str(spare), str(tmp_path / "nowhere")])
+    assert {path.name: path.read_bytes() for path in spare.iterdir()} == before
+
+    mtlm_main(["upgrade-code", str(folder)])
+    changed = capsys.readouterr().out.split("updated ")[1].strip().split(", ")
+    assert {"mtlm_blocks.py", "modeling_mtlm_gpt.py", "config.json"} <= set(changed)
+    assert {path.name: path.read_bytes() for path in folder.glob("*.py")} == shipped
+    assert not list(folder.glob(".*partial*"))
+    mode = 0o666 & ~current_umask()  # as open() would write them, not mkstemp's owner-only 0600
+    assert all(stat.S_IMODE(path.stat().st_mode) == mode for path in [*folder.glob("*.py"), folder / "config.json"])
+    config = json.loads((folder / "config.json").read_text())
+    assert config == {**json.loads(untouched.pop("config.json")),
+                      "auto_map": auto_map(MtlmLlamaConfig, MtlmLlamaForCausalLM)}
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.suffix != ".py"
             and path.name != "config.json"} == untouched
     assert_remote_code_decodes(folder, tmp_path / "after")
     mtlm_main(["upgrade-code", str(folder)])
     assert "already current" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="not a checkpoint folder"):
-        mtlm_main(["upgrade-code", str(folder), str(tmp_path / "nowhere")])

@@ -10,11 +10,12 @@ import difflib
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..files import require_tokenizer
+from ..files import code_updates, require_tokenizer
 from .results import save_into_checkpoint
 
 # The twelve benchmarks MTLM1's card reports, by their lm-eval names (SEEDS.md).
@@ -194,6 +195,10 @@ def evaluate(
     folder on `tasks`; also merged into `checkpoint/eval_results.json` unless `save` is False."""
     lm_eval = import_lm_eval()
     require_tokenizer(checkpoint)
+    stale = [name for name, source in code_updates(checkpoint).items() if name.endswith(".py")]
+    if stale:  # lm-eval runs the folder's own code (trust_remote_code), as the lm_eval command does
+        warnings.warn(f"{checkpoint} carries code files that are not this mtlm's ({', '.join(stale)}); lm-eval will "
+                      f"run them. Bring them up to date with `mtlm upgrade-code {checkpoint}`.", stacklevel=2)
     names = expand_task_names(tasks)
     manager = task_manager(include_path)
     loaded = load_tasks(task_specs(names, manager, local_data, include_path), manager)

@@ -340,7 +340,7 @@ class MtlmPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MtlmDecoderLayer"]
-    _skip_keys_device_placement = [CACHE_NAME]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
