@@ -105,7 +105,8 @@ def _load_for_generation(checkpoint: str):
     require_tokenizer(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     try:
-        is_mtlm = bool(read_checkpoint_config(checkpoint))
+        read_checkpoint_config(checkpoint)
+        is_mtlm = True
     except (FileNotFoundError, ValueError):
         is_mtlm = False
     model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=not is_mtlm).eval()

@@ -66,14 +66,29 @@ def atomic_file(destination: str | os.PathLike) -> Iterator[TextIO]:
     succeeds."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, partial = tempfile.mkstemp(prefix=f".{destination.name}.partial-", dir=destination.parent)
+    partial = partial_file(destination)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        with open(partial, "w", encoding="utf-8") as handle:
             yield handle
         os.replace(partial, destination)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def partial_file(destination: Path) -> str:
+    """A new empty temporary file beside `destination`, with the permissions open() would give `destination` (mkstemp
+    makes its files the owner's alone)."""
+    descriptor, partial = tempfile.mkstemp(prefix=f".{destination.name}.partial-", dir=destination.parent)
+    os.close(descriptor)
+    os.chmod(partial, 0o666 & ~current_umask())
+    return partial
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
@@ -113,7 +128,8 @@ def code_updates(folder: str | os.PathLike) -> dict[str, bytes | None]:
     current = {Path(path).name: Path(path).read_bytes() for path in code_files(config_class, model_class)}
     updates = {name: source for name, source in current.items()
                if not (folder / name).is_file() or (folder / name).read_bytes() != source}
-    every_family = {Path(path).name for family, (_, lm_class) in FAMILIES.items() for path in code_files(family, lm_class)}
+    every_family = {Path(path).name for family, (_, lm_class) in FAMILIES.items()
+                    for path in code_files(family, lm_class)}
     updates.update({name: None for name in sorted(every_family - set(current)) if (folder / name).is_file()})
     if config.get("auto_map") != auto_map(config_class, model_class):
         updates["config.json"] = (json.dumps({**config, "auto_map": auto_map(config_class, model_class)}, indent=2,
@@ -127,15 +143,12 @@ def upgrade_code(folder: str | os.PathLike) -> list[str]:
     first; only when all are written are they renamed into place, config.json last. Returns the names changed."""
     folder = Path(folder)
     updates = code_updates(folder)
-    mode = 0o666 & ~current_umask()
     staged = {}
     try:
         for name, source in updates.items():
             if source is not None:
-                descriptor, staged[name] = tempfile.mkstemp(prefix=f".{name}.partial-", dir=folder)
-                with os.fdopen(descriptor, "wb") as handle:
-                    handle.write(source)
-                os.chmod(staged[name], mode)  # mkstemp's files are the owner's alone
+                staged[name] = partial_file(folder / name)
+                Path(staged[name]).write_bytes(source)
     except BaseException:
         for partial in staged.values():
             Path(partial).unlink(missing_ok=True)
@@ -146,9 +159,3 @@ def upgrade_code(folder: str | os.PathLike) -> list[str]:
         else:
             os.replace(staged[name], folder / name)
     return list(updates)
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

@@ -26,6 +26,7 @@ from cache_checks import (
     sharpen,
 )
 from conftest import TESTS, random_ids, run_without_mtlm, tiny_config, tiny_model
+from test_training import tiny_run
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from mtlm import MtlmLlamaConfig, MtlmLlamaForCausalLM
@@ -153,14 +154,7 @@ def assert_remote_code_decodes(folder: Path, tmp_path: Path, expect: str = "righ
 
 def test_mtlm_generate_on_a_trained_checkpoint_decodes_as_without_the_cache(tmp_path, capsys):
     """The main job's path: `mtlm train`, then `mtlm generate` greedily; with warnings shown as a user sees them."""
-    run = {
-        "model": {"model_type": "mtlm_llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                  "num_attention_heads": 4, "max_position_embeddings": 64},
-        "tokenizer": {"kind": "char"},
-        "data": {"source": "text", "path": str(TESTS / "fixtures" / "shakespeare-6k.txt"), "block_size": 32},
-        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 5, "per_device_train_batch_size": 8,
-                     "eval_strategy": "steps", "eval_steps": 5, "save_strategy": "no", "disable_tqdm": True},
-    }
+    run = tiny_run(tmp_path, training={"max_steps": 5, "eval_strategy": "steps", "eval_steps": 5})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     folder = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
