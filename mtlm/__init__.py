@@ -1,46 +1,16 @@
 """mtlm: a transformers-native zoo of tiny language models.
 
-Importing mtlm registers every family with transformers' Auto classes, so `AutoConfig.for_model("mtlm_llama")`,
-`AutoModelForCausalLM.from_config(...)` and `from_pretrained(folder)` work without `trust_remote_code`.
+Importing mtlm registers every family (mtlm/families.py) with transformers' Auto classes, so
+`AutoConfig.for_model(model_type)`, `AutoModelForCausalLM.from_config(...)` and `from_pretrained(folder)` work without
+`trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-from .configuration import MtlmGPTConfig, MtlmLlamaConfig, MtlmMoeConfig
-from .modeling import (
-    MtlmGPTForCausalLM,
-    MtlmGPTModel,
-    MtlmLlamaForCausalLM,
-    MtlmLlamaModel,
-    MtlmMoeForCausalLM,
-    MtlmMoeModel,
-)
-
-FAMILIES = {
-    MtlmLlamaConfig: (MtlmLlamaModel, MtlmLlamaForCausalLM),
-    MtlmGPTConfig: (MtlmGPTModel, MtlmGPTForCausalLM),
-    MtlmMoeConfig: (MtlmMoeModel, MtlmMoeForCausalLM),
-}
-
-for _config_class, (_model_class, _lm_class) in FAMILIES.items():
-    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
-    AutoModel.register(_config_class, _model_class, exist_ok=True)
-    AutoModelForCausalLM.register(_config_class, _lm_class, exist_ok=True)
+from .families import *  # noqa: F403  (the registry, and each family's config and model classes)
+from .families import __all__ as _family_names
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "FAMILIES",
-    "MtlmGPTConfig",
-    "MtlmGPTForCausalLM",
-    "MtlmGPTModel",
-    "MtlmLlamaConfig",
-    "MtlmLlamaForCausalLM",
-    "MtlmLlamaModel",
-    "MtlmMoeConfig",
-    "MtlmMoeForCausalLM",
-    "MtlmMoeModel",
-]
+__all__ = list(_family_names)
 
 
 def __getattr__(name: str):

@@ -17,15 +17,29 @@ from .evaluation.compare import comparison_rows, load_run, markdown_comparison, 
 from .evaluation.exact_match import exact_match, read_jsonl
 from .evaluation.perplexity import perplexity, read_documents
 from .evaluation.results import save_into_checkpoint
-from .files import atomic_file, atomic_folder, read_checkpoint_config, require_tokenizer, upgrade_code
+from .families import FAMILIES
+from .files import atomic_file, read_checkpoint_config, require_tokenizer, staged, upgrade_code
 from .growth import METHODS, grow_folder
 from .hub_cards import write_card
 from .hub_cards.publish import export_folder, push_folder
 from .training import run_config
-from .training.trainer import NonFiniteLossError, sample, train
+from .training.reports import sample
+from .training.trainer import NonFiniteLossError, train
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last column runs free."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
 def _presets(args: argparse.Namespace) -> None:
+    families = [(family.model_type, family.upstream.causal_lm_class.__name__ if family.upstream else "-",
+                 "yes" if family.flax_class else "no", family.describe(family.config_class()))
+                for family in FAMILIES.values()]
+    _print_table(("family", "upstream twin", "flax", "what it is (default config)"), families)
+    print()
     rows = []
     for preset in PRESETS.values():
         config = preset.config()
@@ -33,10 +47,7 @@ def _presets(args: argparse.Namespace) -> None:
         reference = f"{preset.reference_parameters / 1e6:.1f}M" if preset.reference_parameters else "-"
         shape = f"d{config.hidden_size} L{config.num_hidden_layers} h{config.num_attention_heads}"
         rows.append((preset.name, preset.model_type, f"{count:,}", reference, shape, preset.description))
-    header = ("preset", "family", "parameters", "published", "shape", "what it is")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    _print_table(("preset", "family", "parameters", "published", "shape", "what it is"), rows)
 
 
 def _configs(args: argparse.Namespace) -> None:
@@ -55,7 +66,7 @@ def _convert(args: argparse.Namespace) -> None:
 def _tokenizer(args: argparse.Namespace) -> None:
     texts = [read_corpus(args.input)] if args.kind in ("char", "bpe") else []
     tokenizer = make_tokenizer(args.kind, texts, getattr(args, "vocab_size", None))
-    with atomic_folder(args.out, overwrite=args.overwrite) as staging:
+    with staged(args.out, folder=True, overwrite=args.overwrite) as staging:
         tokenizer.save_pretrained(staging)
     print(f"Wrote the {args.kind} tokenizer ({len(tokenizer)} ids) to {args.out}")
 
@@ -275,9 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     presets = commands.add_parser(
-        "presets", help="list the named model configurations with their exact parameter counts",
-        description="List the named configurations of the reproduced models, with exact parameter counts "
-        "and the figures the originals publish.",
+        "presets", help="list the model families and the named configurations with their exact parameter counts",
+        description="List the model families (each with its upstream transformers twin and whether it has a Flax "
+        "twin), then the named configurations of the reproduced models, with exact parameter counts and the figures "
+        "the originals publish.",
     )
     presets.set_defaults(handler=_presets)
 
@@ -290,9 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint folder between mtlm and its upstream transformers twin",
-        description="Convert a checkpoint folder: mtlm_llama <-> LlamaForCausalLM, mtlm_gpt <-> GPT2LMHeadModel, "
-        "mtlm_moe <-> MixtralForCausalLM. A folder written with --to upstream loads in plain transformers "
-        "without remote code. The tokenizer is copied along.",
+        description="Convert a checkpoint folder: " + ", ".join(
+            f"{family.model_type} <-> {family.upstream.causal_lm_class.__name__}" for family in FAMILIES.values()
+            if family.upstream) + ". A folder written with --to upstream loads in plain transformers without remote "
+        "code. The tokenizer is copied along.",
     )
     convert.add_argument("source", help="checkpoint folder to read")
     convert.add_argument("destination", help="folder to write (written whole, or not at all)")

@@ -4,38 +4,84 @@ by a half-written one, and bringing the code files a folder carries up to date."
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from .configuration import MtlmGPTConfig, MtlmLlamaConfig, MtlmMoeConfig
+from .families import FAMILIES, upstream_model_types
+
+
+def staging_path(destination: str | os.PathLike) -> Path:
+    """Where `staged` writes `destination` until it is complete: a path of the same name (so a writer that picks the
+    format by the file name, or writes NAME into the folder it is given, writes as it would), inside a hidden folder
+    of its own beside `destination`."""
+    destination = Path(destination)
+    return destination.parent / f".{destination.name}.partial" / destination.name
 
 
 @contextmanager
-def atomic_folder(destination: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `destination`; when the block succeeds it becomes `destination`, when it
-    fails it is removed and `destination` is left as it was."""
+def staged(destination: str | os.PathLike, folder: bool = False, overwrite: bool = True,
+           merge: bool = False) -> Iterator[Path]:
+    """Yield the path to write `destination` at: a file path, or with `folder` an empty folder. When the block
+    succeeds, everything written there is flushed to disk (fsync) and renamed to `destination`, replacing the file or
+    folder that was there; with `merge`, the staged folder's entries are renamed into the folder `destination` one by
+    one (config.json last: a folder holds a checkpoint once its config is in place) and its other entries stay. When
+    the block fails, what was staged is removed and `destination` is left as it was. `overwrite=False` refuses a
+    non-empty `destination` folder before anything is written. A staging folder left by a killed writer is removed by
+    the next write to the same destination."""
     destination = Path(destination)
-    if destination.exists() and not destination.is_dir():
+    folder = folder or merge
+    if folder and destination.exists() and not destination.is_dir():
         raise FileExistsError(f"{destination} exists and is not a folder: choose another output path.")
-    if destination.is_dir() and any(destination.iterdir()) and not overwrite:
+    if folder and not overwrite and destination.is_dir() and any(destination.iterdir()):
         raise FileExistsError(f"{destination} exists and is not empty: choose another path or pass --overwrite.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    staging = staging_path(destination)
+    shutil.rmtree(staging.parent, ignore_errors=True)
+    staging.parent.mkdir(parents=True)
+    if folder:
+        staging.mkdir()
     try:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if destination.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-        destination.rename(retired / destination.name)
-        staging.rename(destination)
+        _fsync_tree(staging)
+        if merge:
+            destination.mkdir(exist_ok=True)
+            for entry in sorted(staging.iterdir(), key=lambda entry: (entry.name == "config.json", entry.name)):
+                _replace(entry, destination / entry.name)
+            _fsync(destination)
+        else:
+            _replace(staging, destination)
+        _fsync(destination.parent)
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
+
+
+def _replace(source: Path, target: Path) -> None:
+    if source.is_dir() and target.is_dir():  # os.replace cannot replace a folder that holds files
+        retired = target.with_name(f".{target.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        target.rename(retired)
+        source.rename(target)
         shutil.rmtree(retired, ignore_errors=True)
     else:
-        staging.rename(destination)
+        os.replace(source, target)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a file, or a folder and everything under it, to disk."""
+    if path.is_dir():
+        for entry in path.iterdir():
+            _fsync_tree(entry)
+    if path.exists():
+        _fsync(path)
 
 
 def source_tokenizer(folder: str | os.PathLike):
@@ -51,8 +97,8 @@ def source_tokenizer(folder: str | os.PathLike):
 def save_checkpoint(model, tokenizer, destination: str | os.PathLike, overwrite: bool = False,
                     add_files: Callable[[Path], None] | None = None) -> None:
     """Save `model` and `tokenizer` (if any), and whatever `add_files(folder)` writes, into a staging folder that
-    becomes `destination` only when all of it succeeded (see atomic_folder)."""
-    with atomic_folder(destination, overwrite=overwrite) as staging:
+    becomes `destination` only when all of it succeeded (see staged)."""
+    with staged(destination, folder=True, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
@@ -62,48 +108,23 @@ def save_checkpoint(model, tokenizer, destination: str | os.PathLike, overwrite:
 
 @contextmanager
 def atomic_file(destination: str | os.PathLike) -> Iterator[TextIO]:
-    """Yield a text handle on a temporary file beside `destination`; it replaces `destination` only when the block
-    succeeds."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_file(destination)
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(partial, destination)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-
-
-def partial_file(destination: Path) -> str:
-    """A new empty temporary file beside `destination`, with the permissions open() would give `destination` (mkstemp
-    makes its files the owner's alone)."""
-    descriptor, partial = tempfile.mkstemp(prefix=f".{destination.name}.partial-", dir=destination.parent)
-    os.close(descriptor)
-    os.chmod(partial, 0o666 & ~current_umask())
-    return partial
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    """Yield a text handle for writing `destination` (see staged)."""
+    with staged(destination) as partial, open(partial, "w", encoding="utf-8") as handle:
+        yield handle
 
 
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
     """The config.json of an mtlm checkpoint folder, read before any weights are, with a clear error for a folder that
     is not one."""
-    families = [config_class.model_type for config_class in (MtlmLlamaConfig, MtlmGPTConfig, MtlmMoeConfig)]
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json): pass a folder written by "
                                 "mtlm train or save_pretrained.")
     config = json.loads(path.read_text(encoding="utf-8"))
     model_type = config.get("model_type")
-    if model_type not in families:
-        hint = " Convert it first with `mtlm convert SRC DST`." if model_type in ("llama", "gpt2", "mixtral") else ""
-        raise ValueError(f"{folder} holds a {model_type!r} model, not an mtlm one ({', '.join(families)}).{hint}")
+    if model_type not in FAMILIES:
+        hint = " Convert it first with `mtlm convert SRC DST`." if model_type in upstream_model_types() else ""
+        raise ValueError(f"{folder} holds a {model_type!r} model, not an mtlm one ({', '.join(FAMILIES)}).{hint}")
     return config
 
 
@@ -118,44 +139,36 @@ def require_tokenizer(folder: str | os.PathLike) -> None:
 def code_updates(folder: str | os.PathLike) -> dict[str, bytes | None]:
     """What `upgrade_code` would change in an mtlm checkpoint folder: file name -> this version's bytes, or None for
     a file to remove (another family's, left by an earlier layout). Empty when the folder's code is current."""
-    from . import FAMILIES
     from .modeling.mtlm_blocks import auto_map, code_files
 
     folder = Path(folder)
     config = read_checkpoint_config(folder)
-    config_class, model_class = next((config_class, lm_class) for config_class, (_, lm_class) in FAMILIES.items()
-                                     if config_class.model_type == config["model_type"])
-    current = {Path(path).name: Path(path).read_bytes() for path in code_files(config_class, model_class)}
+    family = FAMILIES[config["model_type"]]
+    current = {Path(path).name: Path(path).read_bytes()
+               for path in code_files(family.config_class, family.causal_lm_class)}
     updates = {name: source for name, source in current.items()
                if not (folder / name).is_file() or (folder / name).read_bytes() != source}
-    every_family = {Path(path).name for family, (_, lm_class) in FAMILIES.items()
-                    for path in code_files(family, lm_class)}
+    every_family = {Path(path).name for other in FAMILIES.values()
+                    for path in code_files(other.config_class, other.causal_lm_class)}
     updates.update({name: None for name in sorted(every_family - set(current)) if (folder / name).is_file()})
-    if config.get("auto_map") != auto_map(config_class, model_class):
-        updates["config.json"] = (json.dumps({**config, "auto_map": auto_map(config_class, model_class)}, indent=2,
-                                             sort_keys=True) + "\n").encode()
+    classes_map = auto_map(family.config_class, family.causal_lm_class)
+    if config.get("auto_map") != classes_map:
+        updates["config.json"] = (json.dumps({**config, "auto_map": classes_map}, indent=2, sort_keys=True)
+                                  + "\n").encode()
     return updates
 
 
 def upgrade_code(folder: str | os.PathLike) -> list[str]:
     """Replace the remote-code files of an mtlm checkpoint folder (and its config's `auto_map`) with this version's,
-    leaving the weights, tokenizer and every other file as they are. Every new file is written under a temporary name
-    first; only when all are written are they renamed into place, config.json last. Returns the names changed."""
+    leaving the weights, tokenizer and every other file as they are. The new files are staged and renamed into
+    place only when all are written, config.json last. Returns the names changed."""
     folder = Path(folder)
     updates = code_updates(folder)
-    staged = {}
-    try:
+    with staged(folder, merge=True) as staging:
         for name, source in updates.items():
             if source is not None:
-                staged[name] = partial_file(folder / name)
-                Path(staged[name]).write_bytes(source)
-    except BaseException:
-        for partial in staged.values():
-            Path(partial).unlink(missing_ok=True)
-        raise
-    for name in sorted(updates, key=lambda name: name == "config.json"):
-        if updates[name] is None:
+                (staging / name).write_bytes(source)
+    for name, source in updates.items():
+        if source is None:
             (folder / name).unlink()
-        else:
-            os.replace(staged[name], folder / name)
     return list(updates)

@@ -18,9 +18,8 @@ def test_auto_classes_build_every_family(family):
     config = AutoConfig.for_model(family, hidden_size=64, num_attention_heads=4, num_hidden_layers=1)
     assert config.model_type == family
     model = AutoModelForCausalLM.from_config(config)
-    config_class, (backbone_class, lm_class) = next(
-        (cfg, classes) for cfg, classes in mtlm.FAMILIES.items() if cfg.model_type == family
-    )
+    entry = mtlm.FAMILIES[family]
+    config_class, backbone_class, lm_class = entry.config_class, entry.model_class, entry.causal_lm_class
     assert isinstance(config, config_class) and type(model) is lm_class
     assert type(AutoModel.from_config(config)) is backbone_class
     assert model.supports_gradient_checkpointing and set(model._no_split_modules) == {"MtlmDecoderLayer"}

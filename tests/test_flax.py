@@ -220,8 +220,8 @@ def test_moe_load_balancing_loss_matches_pytorch(tmp_path):
 
 
 def test_schedules_read_training_arguments_as_the_trainer_does():
+    from mtlm.training.defaults import TRAINING_DEFAULTS
     from mtlm.training.flax_trainer import learning_rate_schedule, steps_of
-    from mtlm.training.trainer import TRAINING_DEFAULTS
 
     training = {**TRAINING_DEFAULTS, "learning_rate": 1e-3, "max_steps": 100, "warmup_steps": 0.1}
     schedule = learning_rate_schedule(training)

@@ -33,7 +33,6 @@ from mtlm import MtlmLlamaConfig, MtlmLlamaForCausalLM
 from mtlm.cli import main as mtlm_main
 from mtlm.data.tokenization import make_tokenizer
 from mtlm.evaluation.exact_match import greedy_answers
-from mtlm.files import current_umask
 from mtlm.modeling.mtlm_blocks import CACHE_NAME, auto_map, code_files
 
 pytestmark = pytest.mark.compat
@@ -206,7 +205,9 @@ def test_upgrade_code_brings_a_folder_written_before_the_cache_rename_up_to_date
     assert {"mtlm_blocks.py", "modeling_mtlm_gpt.py", "config.json"} <= set(changed)
     assert {path.name: path.read_bytes() for path in folder.glob("*.py")} == shipped
     assert not list(folder.glob(".*partial*"))
-    mode = 0o666 & ~current_umask()  # as open() would write them, not mkstemp's owner-only 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask  # as open() would write them, not mkstemp's owner-only 0600
     assert all(stat.S_IMODE(path.stat().st_mode) == mode for path in [*folder.glob("*.py"), folder / "config.json"])
     config = json.loads((folder / "config.json").read_text())
     assert config == {**json.loads(untouched.pop("config.json")),

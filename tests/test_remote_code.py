@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TESTS, random_ids, run_without_mtlm, tiny_model
+from safetensors.torch import load_file
 
+from mtlm.families import FAMILIES
 from mtlm.growth import grow_folder
 
 pytestmark = pytest.mark.compat
@@ -74,3 +76,11 @@ def test_checkpoint_loads_as_remote_code_without_mtlm(family, written_by, tmp_pa
         logits = model(ids).logits
     assert assert_loads_as_remote_code(folder, ids, logits, tmp_path) == type(model).__name__
     assert sorted(path.name for path in (tmp_path / "resaved").glob("*.py")) == sorted(code)
+
+
+def test_checkpoints_written_by_mtlm_0_2_0_load_as_remote_code_with_the_same_logits(family, tmp_path):
+    """The fixture folders carry mtlm 0.2.0's code files; the installed transformers runs them unchanged."""
+    folder = TESTS / "fixtures" / "checkpoints-0.2.0" / family
+    expected = load_file(str(folder / "expected_logits.safetensors"))
+    class_name = FAMILIES[family].causal_lm_class.__name__
+    assert assert_loads_as_remote_code(folder, expected["input_ids"], expected["logits"], tmp_path) == class_name

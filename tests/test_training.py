@@ -265,7 +265,8 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint(tmp_path, monke
     def failing_second_save(self, model, trial):
         calls.append(self.state.global_step)
         if len(calls) == 2:
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            # where transformers writes the checkpoint: the run folder it is given
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
             folder.mkdir()
             (folder / "model.safetensors").write_bytes(b"half")
             raise OSError(28, "No space left on device")
@@ -280,7 +281,7 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint(tmp_path, monke
 
 
 def test_samples_stop_at_the_context_of_a_learned_position_model(tmp_path):
-    from mtlm.training.trainer import sample
+    from mtlm.training.reports import sample
 
     run = tiny_run(tmp_path, model={"model_type": "mtlm_gpt", "max_position_embeddings": 16, "num_key_value_heads": 4},
                    data={"block_size": 16}, training={"max_steps": 2})

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..files import staged  # noqa: E402
 from .results import RESULTS_FILE, is_metric, metric_name  # noqa: E402
 
 # The metric shown for a task when none is asked for: the first the task reports.
@@ -96,6 +97,6 @@ def plot_comparison(runs: list[tuple[str, dict]], rows: list[dict], path: str | 
     for axis in list(axes.flat)[len(rows):]:
         axis.axis("off")
     figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    with staged(path) as partial:
+        figure.savefig(partial, dpi=120)
     plt.close(figure)

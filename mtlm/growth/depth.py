@@ -8,9 +8,10 @@ freshly initialised layer. Embeddings, final norm and LM head are carried over u
     random      the source layers, then fresh ones: 4 -> 8 is [0 1 2 3 - - - -] (the baseline)
 
 Growth factors need not be integers: 12 -> 18 stacks as [0..11, 0..5] and interleaves as [0 0 1 2 2 3 ...].
-Function-preserving growth zeroes the residual output projections (attention o_proj, MLP down_proj, every expert's
-down_proj in MoE; biases too) of every layer that is not the first use of its source layer: those layers then add
-nothing to the residual stream, and the grown model computes exactly the source model's function.
+Function-preserving growth zeroes the residual output projections (the family's `residual_outputs` in its registry
+entry: attention o_proj, MLP down_proj, every expert's down_proj in MoE; biases too) of every layer that is not the
+first use of its source layer: those layers then add nothing to the residual stream, and the grown model computes
+exactly the source model's function.
 """
 
 import copy
@@ -20,15 +21,12 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from ..families import FAMILIES, Family
 from ..files import read_checkpoint_config, save_checkpoint, source_tokenizer
-from ..modeling.mtlm_blocks import MtlmPreTrainedModel
 
 METHODS = ("stack", "interleave", "random")
-# Parameters (by their name inside a decoder layer) whose output is added to the residual stream.
-RESIDUAL_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj", "mlp.experts.down_proj")
-LAYER_PARAMETER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 def layer_map(method: str, source_layers: int, num_layers: int) -> list[int | None]:
@@ -89,23 +87,25 @@ def zeroed_layers(mapping: list[int | None]) -> list[int]:
     return silenced
 
 
-def is_residual_output(name: str) -> bool:
-    return any(name == output or name.startswith(output + ".") for output in RESIDUAL_OUTPUTS)
+def is_residual_output(family: Family, name: str) -> bool:
+    """Whether the parameter `name` (its path inside a layer) belongs to a module writing the residual stream."""
+    return any(name == output or name.startswith(output + ".") for output in family.residual_outputs)
 
 
 @torch.no_grad()
 def grow_model(
-    model: MtlmPreTrainedModel,
+    model: PreTrainedModel,
     num_layers: int | None = None,
     method: str = "stack",
     mapping: list[int | None] | None = None,
     function_preserving: bool = False,
     source: str | None = None,
-) -> MtlmPreTrainedModel:
+) -> PreTrainedModel:
     """A deeper copy of `model` (same family, `num_layers` layers) initialised from its layers by `method`, or by an
     explicit `mapping` (which then decides the depth). The growth is appended to `config.growth_history`; `model` is
     left untouched."""
-    if not isinstance(model, MtlmPreTrainedModel):
+    family = FAMILIES.get(getattr(model.config, "model_type", None))
+    if family is None or not isinstance(model, family.causal_lm_class):
         raise TypeError(f"grow_model grows mtlm models; got {type(model).__name__} (convert it with "
                         "mtlm.convert.from_upstream first).")
     source_layers = model.config.num_hidden_layers
@@ -129,9 +129,10 @@ def grow_model(
     grown.generation_config = copy.deepcopy(model.generation_config)
 
     state = grown.state_dict()
+    layer_parameter = re.compile(rf"^{re.escape(family.layers)}\.(\d+)\.(.+)$")
     by_source_layer: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in model.state_dict().items():
-        match = LAYER_PARAMETER.match(name)
+        match = layer_parameter.match(name)
         if match:
             by_source_layer.setdefault(int(match[1]), {})[match[2]] = tensor
         else:
@@ -139,11 +140,11 @@ def grow_model(
     silenced = set(zeroed_layers(mapping)) if function_preserving else set()
     for position, index in enumerate(mapping):
         layer = by_source_layer[index] if index is not None else {
-            name: state[f"model.layers.{position}.{name}"] for name in by_source_layer[0]
+            name: state[f"{family.layers}.{position}.{name}"] for name in by_source_layer[0]
         }
         for name, tensor in layer.items():
-            zero = position in silenced and is_residual_output(name)
-            state[f"model.layers.{position}.{name}"] = torch.zeros_like(tensor) if zero else tensor.clone()
+            zero = position in silenced and is_residual_output(family, name)
+            state[f"{family.layers}.{position}.{name}"] = torch.zeros_like(tensor) if zero else tensor.clone()
     grown.load_state_dict(state, strict=True)
     return grown.train(model.training)
 
@@ -156,7 +157,7 @@ def grow_folder(
     mapping: list[int | None] | None = None,
     function_preserving: bool = False,
     overwrite: bool = False,
-) -> MtlmPreTrainedModel:
+) -> PreTrainedModel:
     """Grow the checkpoint folder `source` into `destination`: weights, config (with the growth recorded), remote
     code, generation config and the source's tokenizer. Everything is checked before anything is written, and
     `source` is never modified. Returns the grown model."""

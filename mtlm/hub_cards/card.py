@@ -14,10 +14,11 @@ from transformers import AutoConfig
 
 from ..configuration.presets import count_parameters
 from ..evaluation.results import is_metric, metric_name, read_checkpoint_results
+from ..families import family_of
 from ..files import atomic_file
+from ..training.defaults import TRAINING_DEFAULTS
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
-UPSTREAM = {"mtlm_llama": "LlamaForCausalLM", "mtlm_gpt": "GPT2LMHeadModel", "mtlm_moe": "MixtralForCausalLM"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -28,16 +29,6 @@ def read_json(path: Path) -> dict:
 def read_run_config(folder: Path) -> dict:
     path = folder / "run_config.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
-
-
-def family_description(config) -> str:
-    if config.model_type == "mtlm_gpt":
-        norm = "RMSNorm" if config.norm_type == "rmsnorm" else "LayerNorm"
-        return f"GPT-2-style: learned positions, pre-norm {norm}, {config.hidden_act} MLP"
-    description = "Llama-style: pre-norm RMSNorm, rotary positions, SwiGLU"
-    if config.model_type == "mtlm_moe":
-        description += f" experts ({config.num_local_experts}, top-{config.num_experts_per_tok} routing)"
-    return description
 
 
 def data_description(data: dict) -> str | None:
@@ -59,21 +50,17 @@ def data_description(data: dict) -> str | None:
 
 def architecture_rows(config) -> list[tuple[str, str]]:
     parameters = count_parameters(config)
+    family = family_of(config)
+    twin = f"; upstream twin `{family.upstream.causal_lm_class.__name__}`" if family.upstream else ""
     rows = [
-        ("family", f"`{config.model_type}` ({family_description(config)}); upstream twin `{UPSTREAM[config.model_type]}`"),
+        ("family", f"`{config.model_type}` ({family.describe(config)}){twin}"),
         ("parameters", f"{parameters:,} ({parameters / 1e6:.1f}M)"),
         ("layers", str(config.num_hidden_layers)),
         ("hidden size", str(config.hidden_size)),
         ("attention heads (query / key-value)", f"{config.num_attention_heads} / {config.num_key_value_heads}"),
         ("MLP width", f"{config.intermediate_size} ({config.hidden_act})"),
     ]
-    if config.model_type == "mtlm_moe":
-        rows.append(("experts", f"{config.num_local_experts}, {config.num_experts_per_tok} per token"))
-    if config.model_type == "mtlm_gpt":
-        rows.append(("positions", "learned"))
-    else:
-        theta = (config.rope_parameters or {}).get("rope_theta")
-        rows.append(("positions", f"rotary (θ = {theta:g})" if theta else "rotary"))
+    rows += family.card_rows(config)
     rows += [
         ("context", f"{config.max_position_embeddings} tokens"),
         ("vocabulary", f"{config.vocab_size} tokens"),
@@ -91,8 +78,6 @@ def _duration(seconds: float) -> str:
 
 def training_rows(state: dict, run: dict) -> list[tuple[str, str]]:
     """The Trainer's own record of the run, with the data and recipe from the run config."""
-    from ..training.trainer import TRAINING_DEFAULTS
-
     if not state:
         return []
     history = state.get("log_history", [])
@@ -259,7 +244,7 @@ def render_card(folder: str | os.PathLike, repo_id: str | None = None, license: 
     grown = f" It was grown from a {growth[0]['source_num_layers']}-layer model by depth growth (see below)." \
         if growth else ""
     description = (f"A {count_parameters(config) / 1e6:.1f}M-parameter causal language model of the `{config.model_type}` "
-                   f"family ({family_description(config)}), {'trained' if state else 'written'} with mtlm.{grown}")
+                   f"family ({family_of(config).describe(config)}), {'trained' if state else 'written'} with mtlm.{grown}")
     code_files = sorted(path.name for path in folder.glob("*.py"))
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=model_name, description=description,

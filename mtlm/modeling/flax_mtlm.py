@@ -18,6 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
+from transformers import AutoConfig, GenerationConfig
+
+from ..families import FAMILIES, family_of
+from .mtlm_blocks import auto_map, copy_code_files
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -286,11 +290,11 @@ class DecoderLayer(nnx.Module):
 
 
 class Backbone(nnx.Module):
-    def __init__(self, config, mlp_class, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    def __init__(self, config, mlp_class, learned_positions: bool, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         std = config.initializer_range
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, std, config.pad_token_id, rngs=rngs,
                                       param_dtype=param_dtype)
-        if config.model_type == "mtlm_gpt":
+        if learned_positions:
             self.embed_positions = Embedding(config.max_position_embeddings, config.hidden_size, std, None, rngs=rngs,
                                              param_dtype=param_dtype)
         self.layers = nnx.List([DecoderLayer(config, mlp_class, rngs=rngs, param_dtype=param_dtype)
@@ -308,15 +312,19 @@ class FlaxCausalLMOutput:
 
 class FlaxMtlmForCausalLM(nnx.Module):
     """The Flax twin of an mtlm causal LM. `dtype` is the compute dtype (bfloat16 on TPU), parameters stay in
-    `param_dtype`; `remat` recomputes each layer in the backward pass instead of storing its activations."""
+    `param_dtype`; `remat` recomputes each layer in the backward pass instead of storing its activations.
+    Subclasses name their MLP, whether positions are learned embeddings (else rotary) and whether the MLP routes
+    tokens to experts (then training adds the load-balancing loss)."""
 
     mlp_class = None
+    learned_positions = False
+    routes_experts = False
 
     def __init__(self, config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False):
         self.config = config
         self.dtype = dtype
         self.remat = remat
-        self.model = Backbone(config, self.mlp_class, rngs=rngs, param_dtype=param_dtype)
+        self.model = Backbone(config, self.mlp_class, self.learned_positions, rngs=rngs, param_dtype=param_dtype)
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, False, config.initializer_range, rngs=rngs,
                                   param_dtype=param_dtype)
@@ -337,7 +345,7 @@ class FlaxMtlmForCausalLM(nnx.Module):
         backbone = self.model
         hidden = backbone.embed_tokens(input_ids, self.dtype)
         rotary = None
-        if self.config.model_type == "mtlm_gpt":
+        if self.learned_positions:
             hidden = hidden + backbone.embed_positions(position_ids, self.dtype)
         else:
             rotary = rotary_tables(self.config, position_ids)
@@ -401,37 +409,29 @@ class FlaxMtlmForCausalLM(nnx.Module):
 
     @classmethod
     def from_config(cls, config, seed: int = 0, **options) -> "FlaxMtlmForCausalLM":
-        return FLAX_CLASSES[config.model_type](config, rngs=nnx.Rngs(seed), **options)
+        """A freshly initialised Flax twin of the config's family (its registry entry names the class)."""
+        return family_of(config).load_flax_class()(config, rngs=nnx.Rngs(seed), **options)
 
     @classmethod
     def from_pretrained(cls, folder, **options) -> "FlaxMtlmForCausalLM":
         """The model in the checkpoint folder `folder` (written by PyTorch or Flax), its class chosen by
         config.model_type."""
-        from transformers import AutoConfig
-
-        import mtlm  # noqa: F401  (registers the configs)
-
         folder = Path(folder)
         config = AutoConfig.from_pretrained(folder)
-        if config.model_type not in FLAX_CLASSES:
-            raise ValueError(f"{folder} holds a {config.model_type!r} model; the Flax twins are "
-                             f"{', '.join(FLAX_CLASSES)}.")
-        model = FLAX_CLASSES[config.model_type](config, rngs=nnx.Rngs(0), **options)
+        twins = [name for name, family in FAMILIES.items() if family.flax_class]
+        if config.model_type not in twins:
+            raise ValueError(f"{folder} holds a {config.model_type!r} model; the Flax twins are {', '.join(twins)}.")
+        model = cls.from_config(config, **options)
         model.load_state_dict(read_safetensors(folder))
         return model
 
     def save_pretrained(self, folder) -> None:
         """config.json (with auto_map), model.safetensors in PyTorch names and layouts, the PyTorch code files, and the
         generation config: the folder loads with AutoModelForCausalLM, with or without mtlm installed."""
-        from transformers import GenerationConfig
-
-        from .. import FAMILIES
-        from .mtlm_blocks import auto_map, copy_code_files
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config_class = type(self.config)
-        torch_class = FAMILIES[config_class][1]
+        torch_class = family_of(self.config).causal_lm_class
         self.config.auto_map = auto_map(config_class, torch_class)
         self.config.architectures = [torch_class.__name__]
         self.config.save_pretrained(folder)
@@ -448,7 +448,7 @@ class FlaxMtlmForCausalLM(nnx.Module):
         input_ids = jnp.asarray(input_ids)
         batch, prompt_length = input_ids.shape
         length = prompt_length + max_new_tokens
-        if length > self.config.max_position_embeddings and self.config.model_type == "mtlm_gpt":
+        if length > self.config.max_position_embeddings and self.learned_positions:
             raise ValueError(f"{prompt_length} prompt + {max_new_tokens} new tokens exceed the "
                              f"{self.config.max_position_embeddings} learned positions: shorten the prompt or ask "
                              "for fewer new tokens.")
@@ -506,22 +506,17 @@ class FlaxMtlmLlamaForCausalLM(FlaxMtlmForCausalLM):
 
 class FlaxMtlmGPTForCausalLM(FlaxMtlmForCausalLM):
     mlp_class = MLP
+    learned_positions = True
 
 
 class FlaxMtlmMoeForCausalLM(FlaxMtlmForCausalLM):
     mlp_class = SparseMoeBlock
-
-
-FLAX_CLASSES = {
-    "mtlm_llama": FlaxMtlmLlamaForCausalLM,
-    "mtlm_gpt": FlaxMtlmGPTForCausalLM,
-    "mtlm_moe": FlaxMtlmMoeForCausalLM,
-}
+    routes_experts = True
 
 
 class FlaxAutoModelForCausalLM:
-    """`FlaxAutoModelForCausalLM.from_pretrained(folder)` / `.from_config(config)`: the Flax twin for the config's
-    model_type."""
+    """`FlaxAutoModelForCausalLM.from_pretrained(folder)` / `.from_config(config)`: the Flax twin of the config's
+    family."""
 
     from_pretrained = FlaxMtlmForCausalLM.from_pretrained
     from_config = FlaxMtlmForCausalLM.from_config

@@ -302,6 +302,18 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + residual_dropout(mlp_output, self.hidden_dropout, self.training)
 
 
+def decoder_flops_per_token(config, sequence_length: int, mlp_class: type) -> int:
+    """Analytic forward FLOPs per token at `sequence_length` (2 per multiply-add) of a decoder whose layers hold
+    `mlp_class`: projections, attention scores and values over the whole sequence, MLP (active experts only), LM
+    head; embedding lookups are free."""
+    head_dim, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
+    hidden = config.hidden_size
+    projections = 2 * hidden * head_dim * (2 * heads + 2 * kv_heads)
+    attention = 2 * 2 * sequence_length * heads * head_dim
+    mlp = mlp_class.flops_per_token(config)
+    return config.num_hidden_layers * (projections + attention + mlp) + 2 * hidden * config.vocab_size
+
+
 def code_files(*classes: type) -> list[str]:
     """Source files of the modules defining `classes` and of every flat sibling they import, recursively.
 
@@ -357,16 +369,9 @@ class MtlmPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=residual_init_std(self.config))
 
     def forward_flops_per_token(self, sequence_length: int) -> int:
-        """Analytic forward FLOPs per token at `sequence_length` (2 per multiply-add): projections, attention scores
-        and values over the whole sequence, MLP (active experts only), LM head; embedding lookups are free."""
-        config = self.config
-        head_dim, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
-        hidden = config.hidden_size
-        projections = 2 * hidden * head_dim * (2 * heads + 2 * kv_heads)
-        attention = 2 * 2 * sequence_length * heads * head_dim
+        """Analytic forward FLOPs per token at `sequence_length` (see decoder_flops_per_token)."""
         backbone = self.model if hasattr(self, "model") else self
-        mlp = type(backbone.layers[0].mlp).flops_per_token(config)
-        return config.num_hidden_layers * (projections + attention + mlp) + 2 * hidden * config.vocab_size
+        return decoder_flops_per_token(self.config, sequence_length, type(backbone.layers[0].mlp))
 
     def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
         """Training FLOPs of a batch: 3 x forward (the backward pass costs two forwards). Used by the Trainer."""

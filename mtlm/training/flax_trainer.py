@@ -10,7 +10,6 @@ PyTorch names) plus the optimizer state, so a run resumes on the same loss curve
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -22,18 +21,18 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
+from transformers.trainer_utils import rotate_checkpoints
 
+from ..families import family_of
+from ..files import staged
 from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
 from . import run_config
-from .trainer import (
-    TRAINING_DEFAULTS,
-    build_datasets,
-    build_model_config,
-    build_tokenizer,
-    load_texts,
-    plot_losses,
-    prepare_output_dir,
-)
+from .datasets import build_datasets, load_texts
+from .defaults import TRAINING_DEFAULTS
+from .model import build_model_config
+from .reports import plot_losses
+from .run_folder import prepare_output_dir
+from .tokenizer import build_tokenizer
 
 OPTIMIZER_STATE = "flax_optimizer_state.npz"  # the optax state's leaves, in tree order
 SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
@@ -118,6 +117,7 @@ class FlaxTrainer:
 
     def __init__(self, model: FlaxMtlmForCausalLM, training: dict, mesh: Mesh):
         self.mesh, self.training, self.config = mesh, training, model.config
+        self.routes_experts = model.routes_experts  # then Mixtral's load-balancing loss is added
         self.seed = training.get("seed", 42)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self.params = jax.device_put(params, jax.tree.map(lambda value: parameter_sharding(mesh, value), params))
@@ -135,7 +135,7 @@ class FlaxTrainer:
             batch["input_ids"], attention_mask=batch["attention_mask"], dropout_key=dropout_key)
         loss = next_token_loss(output.logits, batch["labels"])
         aux_loss = jnp.zeros(())
-        if self.config.model_type == "mtlm_moe":
+        if self.routes_experts:
             router_logits = [value for _, value in sorted(nnx.to_flat_state(intermediates))]
             router_logits = [value.get_value() if hasattr(value, "get_value") else value for value in router_logits]
             router_logits = [value[0] if isinstance(value, tuple) else value for value in router_logits]
@@ -177,19 +177,15 @@ class FlaxTrainer:
     def model(self) -> FlaxMtlmForCausalLM:
         return nnx.merge(self.graphdef, jax.device_get(self.params), jax.device_get(self.rest))
 
-    def save(self, folder: Path, tokenizer, state: dict) -> None:
-        """A checkpoint folder (PyTorch-loadable model, tokenizer, trainer_state.json, optimizer state), written in a
-        staging folder and renamed into place."""
-        staging = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        model = self.model()
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        with open(staging / OPTIMIZER_STATE, "wb") as handle:
-            np.savez(handle, *[np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(self.opt_state))])
-        (staging / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+    def save(self, folder: Path, tokenizer, state: dict, optimizer: bool = True) -> None:
+        """Write the PyTorch-loadable model, the tokenizer, trainer_state.json and (with `optimizer`) the optimizer
+        state into `folder`."""
+        self.model().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if optimizer:
+            with open(folder / OPTIMIZER_STATE, "wb") as handle:
+                np.savez(handle, *[np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(self.opt_state))])
+        (folder / "trainer_state.json").write_text(json.dumps(state, indent=2))
 
     def restore(self, folder: Path) -> None:
         model = FlaxMtlmForCausalLM.from_pretrained(folder)
@@ -288,7 +284,7 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     train_rows = packed_rows(datasets["train"])
     validation_rows = packed_rows(datasets["validation"]) if "validation" in datasets else None
     block = train_rows.shape[1]
-    flops_per_step = 3 * forward_flops_per_token(config, block) * block * global_batch
+    flops_per_step = 3 * family_of(config).flops_per_token(config, block) * block * global_batch
     max_steps = training["max_steps"]
     logging_steps = max(1, steps_of(training.get("logging_steps", 50), max_steps))
     eval_every = max(1, steps_of(training.get("eval_steps") or logging_steps, max_steps)) \
@@ -315,7 +311,7 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
                      "tokens_per_second": len(window) * batch["input_ids"].size / elapsed,
                      "flos": state["total_flos"], "num_input_tokens_seen": state["num_input_tokens_seen"],
                      "step": step}
-            if config.model_type == "mtlm_moe":
+            if trainer.routes_experts:
                 entry["aux_loss"] = float(np.mean([float(item["aux_loss"]) for item in window]))
             state["log_history"].append(entry)
             progress.write(str({key: round(value, 4) if isinstance(value, float) else value
@@ -329,41 +325,16 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
             progress.write(str(entry))
             window_start = time.perf_counter()
         if save_every and step % save_every == 0 and step < training["max_steps"]:
-            trainer.save(output_dir / f"checkpoint-{step}", tokenizer, state)
-            rotate_checkpoints(output_dir, training.get("save_total_limit"))
+            with staged(output_dir / f"checkpoint-{step}", folder=True) as staging:
+                trainer.save(staging, tokenizer, state)
+            rotate_checkpoints(str(output_dir), training.get("save_total_limit"))
     progress.close()
-    save_final(trainer, tokenizer, state, output_dir)
+    with staged(output_dir, merge=True) as staging:  # the final model, beside the run's other files
+        trainer.save(staging, tokenizer, state, optimizer=False)
     plot_losses(state["log_history"], output_dir / "loss.png")
     return state
-
-
-def forward_flops_per_token(config, sequence_length: int) -> int:
-    """The PyTorch family's analytic count (the model is built on the meta device: nothing is allocated)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config).forward_flops_per_token(sequence_length)
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
     folders = [path for path in output_dir.glob("checkpoint-*") if (path / OPTIMIZER_STATE).is_file()]
     return max(folders, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
-
-
-def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
-    if not limit:
-        return
-    folders = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
-    for folder in folders[:-limit]:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def save_final(trainer: FlaxTrainer, tokenizer, state: dict, output_dir: Path) -> None:
-    """The final model at the root of the output folder, each file moved into place from a staging folder."""
-    staging = output_dir / ".final-model.partial"
-    trainer.save(staging, tokenizer, state)
-    for path in staging.iterdir():
-        if path.name != OPTIMIZER_STATE:
-            path.replace(output_dir / path.name)
-    shutil.rmtree(staging, ignore_errors=True)

@@ -1,58 +1,35 @@
-"""Training through `transformers.Trainer` from a run config: tokenizer, data, model, then `Trainer.train()`.
+"""Training through `transformers.Trainer`: the run config's steps (mtlm/training: datasets, tokenizer, model) give a
+model and its data, which the Trainer trains.
 
 The final model is saved at the root of `training.output_dir` as a checkpoint folder (weights, config, remote code,
-tokenizer, generation config), with the resolved run config beside it.
+tokenizer, generation config), with the resolved run config beside it. Every checkpoint is written whole, or not at
+all.
 """
 
 import math
 import os
 import platform
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
+import torch
+import transformers
+from accelerate import PartialState
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from datasets import DatasetDict  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
-from transformers.trainer_callback import ExportableState  # noqa: E402
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
-
-from ..configuration.presets import preset_config
-from ..data import arithmetic
-from ..data.processing import check_block_size, collator, pack, tokenize, tokenize_prompt_target
-from ..data.sources import TINY_SHAKESPEARE, contiguous_splits, load_hub_dataset, load_local_files
-from ..data.tokenization import make_tokenizer
+from ..data.processing import check_block_size, collator
 from ..evaluation.exact_match import exact_match
+from ..files import staged, staging_path
 from . import run_config
-
-# The seeds' recipe where the run config is silent: AdamW, linear warm-up then cosine to 0.1 * lr, clipping at 1.
-TRAINING_DEFAULTS = dict(
-    lr_scheduler_type="cosine_with_min_lr",
-    lr_scheduler_kwargs={"min_lr_rate": 0.1},
-    max_grad_norm=1.0,
-    weight_decay=0.1,
-    adam_beta1=0.9,
-    adam_beta2=0.95,
-    report_to="none",
-    dataloader_pin_memory=torch.cuda.is_available(),
-    # Without an accelerator, say so: then torchrun / accelerate launch give data-parallel CPU processes (gloo).
-    use_cpu=not torch.accelerator.is_available(),
-    bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-    include_num_input_tokens_seen="non_padding",  # the model card's token count
-)
+from .datasets import build_datasets, load_texts
+from .defaults import TRAINING_DEFAULTS
+from .model import build_model, build_model_config
+from .reports import plot_losses, sample
+from .run_folder import prepare_output_dir
+from .tokenizer import build_tokenizer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,17 +58,33 @@ class MtlmTrainer(Trainer):
         return loss
 
     def _save_checkpoint(self, model, trial):
-        # A save that fails (a full disk, say) must not leave a partial folder that --resume would take for the
-        # newest checkpoint: remove it, so the previous checkpoint stays the last one.
-        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        # transformers writes checkpoint-N in place; it writes it here into a staging folder instead (by the run folder
+        # it is given), which becomes checkpoint-N only when whole, so --resume never meets a partial checkpoint.
+        run_dir = Path(self._get_output_dir(trial))
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         try:
-            super()._save_checkpoint(model, trial)
+            with staged_by_every_process(folder, self.accelerator) as staging:
+                self._staging_run_dir = staging.parent
+                try:
+                    super()._save_checkpoint(model, trial)
+                finally:
+                    self._staging_run_dir = None
+                if self.state.best_model_checkpoint == str(staging):
+                    self.state.best_model_checkpoint = str(folder)
+                    if self.args.should_save:
+                        self.state.save_to_json(str(staging / "trainer_state.json"))
         except OSError as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            previous = get_last_checkpoint(str(folder.parent))
+            previous = get_last_checkpoint(str(run_dir))
             kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
             raise OSError(f"Saving {folder.name} failed ({error}); the partial folder was removed and {kept}. "
                           "Free disk space, then continue with --resume.") from error
+        if self.args.should_save:  # transformers rotated the staging folder; the run folder is rotated here
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
+                               use_mtime=True)
+
+    def _get_output_dir(self, trial) -> str:
+        staging_run_dir = getattr(self, "_staging_run_dir", None)
+        return str(staging_run_dir) if staging_run_dir else super()._get_output_dir(trial)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         logs["flos"] = self.state.total_flos + self.current_flos
@@ -143,145 +136,29 @@ def describe_hardware() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
-def load_texts(data: dict) -> DatasetDict:
-    """The text splits the data section names (a "text" column per split)."""
-    source = data.get("source", "tinyshakespeare")
-    if source in ("tinyshakespeare", "text"):
-        path = TINY_SHAKESPEARE if source == "tinyshakespeare" else data["path"]
-        return contiguous_splits(path, data.get("splits") or {"train": 0.9, "validation": 0.1})
-    if source == "files":
-        return load_local_files(data["files"])
-    if source == "hub":
-        return load_hub_dataset(data["name"], data.get("config"), data.get("splits"))
-    settings = dict(data.get("arithmetic") or {})
-    folder = Path(settings.pop("out_dir", "data/arithmetic"))
-    if not (folder / "train.jsonl").is_file():
-        arithmetic.write_splits(
-            folder, n_samples=settings.get("n_samples", 70000), n_operands=settings.get("N", 2),
-            low=settings.get("A", 0), high=settings.get("B", 999), ops=settings.get("ops", "+"),
-            seed=settings.get("seed", 0),
-        )
-    return arithmetic.load_splits(folder)
-
-
-def build_tokenizer(spec: dict, texts: DatasetDict, init_from: str | None = None):
-    """The tokenizer the tokenizer section describes; with no section, a run that starts from a checkpoint uses the
-    checkpoint's."""
-    if init_from and not spec:
-        return AutoTokenizer.from_pretrained(init_from)
-    kind = spec.get("kind", "char")
-    if kind == "pretrained":
-        return AutoTokenizer.from_pretrained(spec["path"])
-    corpus = ["".join(texts[split]["text"]) for split in texts] if kind in ("char", "bpe") else []
-    return make_tokenizer(kind, corpus, spec.get("vocab_size"))
-
-
-def build_model_config(model: dict, tokenizer):
-    """The model config of the run, with the tokenizer's size and special ids."""
-    fields = {key: value for key, value in model.items() if key not in run_config.MODEL_SOURCE_KEYS}
-    if "init_from" in model:
-        config = AutoConfig.from_pretrained(model["init_from"], **fields)
-        if config.vocab_size != len(tokenizer):
-            raise ValueError(f"{model['init_from']} has vocab_size={config.vocab_size} but the tokenizer has "
-                             f"{len(tokenizer)} ids: leave the tokenizer section out to use the checkpoint's own.")
-        return config
-    special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                   eos_token_id=tokenizer.eos_token_id)
-    if "vocab_size" in fields and fields["vocab_size"] != len(tokenizer):
-        raise ValueError(
-            f"model.vocab_size={fields['vocab_size']} does not fit the tokenizer's {len(tokenizer)} ids: drop "
-            "model.vocab_size (it is taken from the tokenizer) or use the matching tokenizer."
-        )
-    fields = {**special, **fields, "vocab_size": len(tokenizer)}
-    if "preset" in model:
-        return preset_config(model["preset"], **fields)
-    return AutoConfig.for_model(model["model_type"], **fields)
-
-
-def build_model(config, init_from: str | None = None):
-    """A freshly initialised model, or the weights of `init_from` under `config`, which must then fit them exactly."""
-    if not init_from:
-        return AutoModelForCausalLM.from_config(config)
-    model, info = AutoModelForCausalLM.from_pretrained(init_from, config=config, output_loading_info=True)
-    problems = {kind: names for kind, names in info.items() if kind != "error_msgs" and names}
-    if problems:
-        raise ValueError(f"The model section changes the shape of {init_from}'s weights ({problems}): set only fields "
-                         "that keep every weight's shape (dropout, initializer_range, ...), or grow it with mtlm grow.")
-    return model
-
-
-def build_datasets(data: dict, texts: DatasetDict, tokenizer) -> DatasetDict:
-    num_proc = data.get("num_proc")
-    if data.get("source") == "arithmetic":
-        return DatasetDict({split: tokenize_prompt_target(texts[split], tokenizer, num_proc=num_proc)
-                            for split in texts})
-    block_size = data.get("block_size", 128)
-    return DatasetDict({split: pack(tokenize(texts[split], tokenizer, num_proc=num_proc), block_size,
-                                    num_proc=num_proc) for split in texts})
-
-
-def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to mix two runs in one folder."""
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(
-            f"{output_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or "
-            "choose another training.output_dir."
-        )
-    if overwrite and output_dir.is_dir():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-
-def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
-           top_p: float = 1.0) -> str:
-    """The prompt and its continuation (never past the model's context): sampled, or greedy when `temperature` is
-    0."""
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    max_new_tokens = max(0, min(max_new_tokens, model.config.max_position_embeddings - inputs["input_ids"].shape[1]))
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature > 0 \
-        else {"do_sample": False}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                **sampling)
-    model.train(was_training)
-    return tokenizer.decode(output[0], skip_special_tokens=True)
+@contextmanager
+def staged_by_every_process(destination: Path, processes, merge: bool = False) -> Iterator[Path]:
+    """`staged` for a save every process takes part in (under torchrun each writes its own files, or gathers
+    weights): the main process stages the folder, the others write into the same path, and it is renamed into place
+    once all of them are done."""
+    if processes.is_main_process:
+        with staged(destination, folder=True, merge=merge) as staging:
+            processes.wait_for_everyone()
+            yield staging
+            processes.wait_for_everyone()
+    else:
+        processes.wait_for_everyone()
+        yield staging_path(destination)
+        processes.wait_for_everyone()
 
 
 def save_final_model(trainer: Trainer, output_dir: Path) -> None:
-    """Save into a staging folder, then move the files into place: a failed save leaves the earlier files whole."""
-    staging = output_dir / ".final-model.partial"
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()  # no process may remove the staging folder another is writing
-    try:
+    """The final model's files and the Trainer's state, staged, then moved into the output folder beside the run's
+    other files."""
+    with staged_by_every_process(output_dir, trainer.accelerator, merge=True) as staging:
         trainer.save_model(str(staging))
         if trainer.is_world_process_zero():
-            for path in staging.iterdir():
-                path.replace(output_dir / path.name)
-    finally:
-        if trainer.is_world_process_zero():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def plot_losses(log_history: list[dict], path: Path) -> None:
-    """Training and validation loss against training FLOPs and against steps, side by side."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("loss", "train"), ("eval_loss", "validation")):
-        entries = [entry for entry in log_history if key in entry and "flos" in entry]
-        if entries:
-            axes[0].plot([entry["flos"] for entry in entries], [entry[key] for entry in entries], label=label)
-            axes[1].plot([entry["step"] for entry in entries], [entry[key] for entry in entries], label=label)
-    axes[0].set_xscale("log")
-    for axis, xlabel in zip(axes, ("training FLOPs", "step")):
-        axis.set_xlabel(xlabel)
-        axis.set_ylabel("loss (nats/token)")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+            trainer.state.save_to_json(str(staging / "trainer_state.json"))
 
 
 def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str = "\n",
@@ -332,7 +209,6 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
     if evaluation_split:
         trainer.evaluate()
     save_final_model(trainer, output_dir)
-    trainer.save_state()
     if processes.is_main_process:
         plot_losses(trainer.state.log_history, output_dir / "loss.png")
     return trainer

@@ -1,0 +1,40 @@
+"""Step 4 of a run: the model config its model section describes, fitted to the tokenizer, and the model."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..configuration.presets import preset_config
+from . import run_config
+
+
+def build_model_config(model: dict, tokenizer):
+    """The model config of the run, with the tokenizer's size and special ids."""
+    fields = {key: value for key, value in model.items() if key not in run_config.MODEL_SOURCE_KEYS}
+    if "init_from" in model:
+        config = AutoConfig.from_pretrained(model["init_from"], **fields)
+        if config.vocab_size != len(tokenizer):
+            raise ValueError(f"{model['init_from']} has vocab_size={config.vocab_size} but the tokenizer has "
+                             f"{len(tokenizer)} ids: leave the tokenizer section out to use the checkpoint's own.")
+        return config
+    special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                   eos_token_id=tokenizer.eos_token_id)
+    if "vocab_size" in fields and fields["vocab_size"] != len(tokenizer):
+        raise ValueError(
+            f"model.vocab_size={fields['vocab_size']} does not fit the tokenizer's {len(tokenizer)} ids: drop "
+            "model.vocab_size (it is taken from the tokenizer) or use the matching tokenizer."
+        )
+    fields = {**special, **fields, "vocab_size": len(tokenizer)}
+    if "preset" in model:
+        return preset_config(model["preset"], **fields)
+    return AutoConfig.for_model(model["model_type"], **fields)
+
+
+def build_model(config, init_from: str | None = None):
+    """A freshly initialised model, or the weights of `init_from` under `config`, which must then fit them exactly."""
+    if not init_from:
+        return AutoModelForCausalLM.from_config(config)
+    model, info = AutoModelForCausalLM.from_pretrained(init_from, config=config, output_loading_info=True)
+    problems = {kind: names for kind, names in info.items() if kind != "error_msgs" and names}
+    if problems:
+        raise ValueError(f"The model section changes the shape of {init_from}'s weights ({problems}): set only fields "
+                         "that keep every weight's shape (dropout, initializer_range, ...), or grow it with mtlm grow.")
+    return model

@@ -1,0 +1,48 @@
+"""What a run shows a person: the loss curves, and text sampled from the model."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..files import staged  # noqa: E402
+
+
+def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
+           top_p: float = 1.0) -> str:
+    """The prompt and its continuation (never past the model's context): sampled, or greedy when `temperature` is
+    0."""
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    max_new_tokens = max(0, min(max_new_tokens, model.config.max_position_embeddings - inputs["input_ids"].shape[1]))
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature > 0 \
+        else {"do_sample": False}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                **sampling)
+    model.train(was_training)
+    return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def plot_losses(log_history: list[dict], path: Path) -> None:
+    """Training and validation loss against training FLOPs and against steps, side by side."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "validation")):
+        entries = [entry for entry in log_history if key in entry and "flos" in entry]
+        if entries:
+            axes[0].plot([entry["flos"] for entry in entries], [entry[key] for entry in entries], label=label)
+            axes[1].plot([entry["step"] for entry in entries], [entry[key] for entry in entries], label=label)
+    axes[0].set_xscale("log")
+    for axis, xlabel in zip(axes, ("training FLOPs", "step")):
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("loss (nats/token)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    with staged(path) as partial:
+        figure.savefig(partial, dpi=120)
+    plt.close(figure)
