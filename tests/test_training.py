@@ -1,6 +1,7 @@
 """Run configs and `mtlm train` / `mtlm generate` end to end on tiny models."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -296,3 +297,24 @@ def test_generation_commands_need_a_tokenizer(tmp_path):
     model.save_pretrained(tmp_path / "bare")
     with pytest.raises(SystemExit, match="has no tokenizer"):
         mtlm_main(["generate", str(tmp_path / "bare"), "--prompt", "hi"])
+
+
+def test_a_checkpoint_appears_only_when_it_is_whole(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    original = Trainer._save_rng_state  # transformers writes it after the weights and the optimizer state
+    seen_while_writing = []
+
+    def recording_save_rng_state(self, output_dir):
+        seen_while_writing.append((Path(output_dir).name, sorted(path.name for path in (tmp_path / "run").iterdir())))
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", recording_save_rng_state)
+    run = tiny_run(tmp_path, training={"max_steps": 4, "save_strategy": "steps", "save_steps": 2})
+    train(run_config.validate(run))
+    assert [name for name, _ in seen_while_writing] == ["checkpoint-2", "checkpoint-4"]
+    assert "checkpoint-2" not in seen_while_writing[0][1] and "checkpoint-4" not in seen_while_writing[1][1]
+    assert "checkpoint-2" in seen_while_writing[1][1]
+    for name in ("checkpoint-2", "checkpoint-4"):
+        assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(os.listdir(tmp_path / "run" / name))
+    assert not [name for name in os.listdir(tmp_path / "run") if name.startswith(".")]

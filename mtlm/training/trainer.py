@@ -78,7 +78,7 @@ class MtlmTrainer(Trainer):
             kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
             raise OSError(f"Saving {folder.name} failed ({error}); the partial folder was removed and {kept}. "
                           "Free disk space, then continue with --resume.") from error
-        if self.args.should_save:  # transformers rotated the staging folder; the run folder is rotated here
+        if self.args.should_save:  # transformers rotated the checkpoints beside the staged one: none; rotate the run
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
                                use_mtime=True)
 
