@@ -4,6 +4,7 @@ by a half-written one, and bringing the code files a folder carries up to date."
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,40 +13,56 @@ from typing import TextIO
 from .families import FAMILIES, upstream_model_types
 
 
-def staging_path(destination: str | os.PathLike) -> Path:
-    """Where `staged` writes `destination` until it is complete: a path of the same name (so a writer that picks the
-    format by the file name, or writes NAME into the folder it is given, writes as it would), inside a hidden folder
-    of its own beside `destination`."""
-    destination = Path(destination)
-    return destination.parent / f".{destination.name}.partial" / destination.name
+def _entry(path: str | os.PathLike) -> Path:
+    """`path` made absolute (so that "." has a name and a parent), a symbolic link followed: the entry a write
+    replaces."""
+    path = Path(os.path.abspath(path))
+    return path.resolve() if path.is_symlink() else path
+
+
+def staging_path(destination: str | os.PathLike, merge: bool = False) -> Path:
+    """Where a shared `staged` write puts `destination` until it is complete, the same path in every process: NAME
+    (so a writer that picks the format by the name, or writes NAME into the folder it is given, writes as it would)
+    in a hidden folder beside `destination`; with `merge`, a hidden folder inside it."""
+    destination = _entry(destination)
+    return destination / ".partial" if merge else destination.parent / f".{destination.name}.partial" / destination.name
 
 
 @contextmanager
-def staged(destination: str | os.PathLike, folder: bool = False, overwrite: bool = True,
-           merge: bool = False) -> Iterator[Path]:
+def staged(destination: str | os.PathLike, folder: bool = False, overwrite: bool = True, merge: bool = False,
+           shared: bool = False) -> Iterator[Path]:
     """Yield the path to write `destination` at: a file path, or with `folder` an empty folder. When the block
     succeeds, everything written there is flushed to disk (fsync) and renamed to `destination`, replacing the file or
     folder that was there; with `merge`, the staged folder's entries are renamed into the folder `destination` one by
     one (config.json last: a folder holds a checkpoint once its config is in place) and its other entries stay. When
     the block fails, what was staged is removed and `destination` is left as it was. `overwrite=False` refuses a
-    non-empty `destination` folder before anything is written. A staging folder left by a killed writer is removed by
-    the next write to the same destination."""
-    destination = Path(destination)
+    non-empty `destination` folder before anything is written.
+
+    The staging folder has a name of its own, so that two writers never meet, unless `shared`: then it is
+    `staging_path(destination, merge)`, for a save that several processes write into, and the leftovers of a writer
+    killed there are removed first."""
+    destination = _entry(destination)
     folder = folder or merge
     if folder and destination.exists() and not destination.is_dir():
         raise FileExistsError(f"{destination} exists and is not a folder: choose another output path.")
     if folder and not overwrite and destination.is_dir() and any(destination.iterdir()):
         raise FileExistsError(f"{destination} exists and is not empty: choose another path or pass --overwrite.")
-    staging = staging_path(destination)
-    shutil.rmtree(staging.parent, ignore_errors=True)
-    staging.parent.mkdir(parents=True)
-    if folder:
+    (destination if merge else destination.parent).mkdir(parents=True, exist_ok=True)
+    if shared:
+        staging = staging_path(destination, merge)
+        holder = staging if merge else staging.parent
+        shutil.rmtree(holder, ignore_errors=True)
+        holder.mkdir()
+    else:
+        holder = Path(tempfile.mkdtemp(prefix=".partial-" if merge else f".{destination.name}.partial-",
+                                       dir=destination if merge else destination.parent))
+        staging = holder if merge else holder / destination.name
+    if folder and not merge:
         staging.mkdir()
     try:
         yield staging
         _fsync_tree(staging)
         if merge:
-            destination.mkdir(exist_ok=True)
             for entry in sorted(staging.iterdir(), key=lambda entry: (entry.name == "config.json", entry.name)):
                 _replace(entry, destination / entry.name)
             _fsync(destination)
@@ -53,14 +70,13 @@ def staged(destination: str | os.PathLike, folder: bool = False, overwrite: bool
             _replace(staging, destination)
         _fsync(destination.parent)
     finally:
-        shutil.rmtree(staging.parent, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 def _replace(source: Path, target: Path) -> None:
     if source.is_dir() and target.is_dir():  # os.replace cannot replace a folder that holds files
-        retired = target.with_name(f".{target.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        target.rename(retired)
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        target.rename(retired / target.name)
         source.rename(target)
         shutil.rmtree(retired, ignore_errors=True)
     else:

@@ -90,11 +90,38 @@ def test_every_staged_file_is_flushed_and_a_killed_writers_leftovers_are_cleared
     flushed = []
     fsync = files._fsync
     monkeypatch.setattr(files, "_fsync", lambda path: (flushed.append(Path(path)), fsync(path)))
-    with staged(destination, folder=True) as staging:
-        assert not (staging / "model.safetensors").exists()
+    with staged(destination, folder=True, shared=True) as staging:
+        assert staging == leftover and not (staging / "model.safetensors").exists()
         (staging / "model.safetensors").write_bytes(b"whole")
         (staging / "trainer_state.json").write_text("{}")
     assert {path.name for path in flushed} >= {"model.safetensors", "trainer_state.json", "checkpoint-4",
                                                tmp_path.name}
     assert contents(destination) == {"model.safetensors": b"whole", "trainer_state.json": b"{}"}
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+
+
+def test_writers_stage_apart_and_dot_or_a_link_names_the_folder_it_stands_for(tmp_path, monkeypatch):
+    with staged(tmp_path / "a.json") as first, staged(tmp_path / "a.json") as second:
+        assert first != second
+        first.write_text("first")
+        second.write_text("second")
+    assert (tmp_path / "a.json").read_text() == "first"  # the last to finish wins, whole
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint-2").mkdir()
+    (run / "run_config.yaml").write_text("kept")
+    monkeypatch.chdir(run)
+    with staged(".", merge=True) as staging:
+        assert staging.parent == run
+        (staging / "config.json").write_text("{}")
+    assert sorted(os.listdir(run)) == ["checkpoint-2", "config.json", "run_config.yaml"]
+
+    target, link = tmp_path / "disk" / "model", tmp_path / "model"
+    target.mkdir(parents=True)
+    link.symlink_to(target)
+    for generation in ("one", "two"):
+        with staged(link, folder=True) as staging:
+            (staging / "weights").write_text(generation)
+        assert link.is_symlink() and (target / "weights").read_text() == generation
+    assert sorted(os.listdir(tmp_path / "disk")) == ["model"]

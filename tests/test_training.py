@@ -318,3 +318,19 @@ def test_a_checkpoint_appears_only_when_it_is_whole(tmp_path, monkeypatch):
     for name in ("checkpoint-2", "checkpoint-4"):
         assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(os.listdir(tmp_path / "run" / name))
     assert not [name for name in os.listdir(tmp_path / "run") if name.startswith(".")]
+
+
+def test_the_best_checkpoint_is_named_by_its_place_in_the_run_folder_and_survives_rotation(tmp_path):
+    settings = {"max_steps": 8, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "steps", "save_steps": 2,
+                "save_total_limit": 2, "metric_for_best_model": "eval_loss", "learning_rate": 3e-2,
+                "warmup_steps": 0, "lr_scheduler_type": "constant",
+                "greater_is_better": True}  # the loss falls, so the first checkpoint stays the best
+    trainer = train(run_config.validate(tiny_run(tmp_path, training=settings)))
+    run = tmp_path / "run"
+    best = run / "checkpoint-2"
+    assert trainer.state.best_global_step == 2
+    assert trainer.state.best_model_checkpoint == str(best) and best.is_dir()
+    kept = sorted(path.name for path in run.glob("checkpoint-*"))
+    assert kept == ["checkpoint-2", "checkpoint-8"]
+    saved = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == str(best)

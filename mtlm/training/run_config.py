@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 
 import yaml
-from transformers import TrainingArguments
+from transformers import AutoConfig, TrainingArguments
 
 from ..configuration.presets import PRESETS, preset_config
-from ..families import family_of
 from ..files import atomic_file, read_checkpoint_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
@@ -70,7 +69,7 @@ def model_field_names(run: dict) -> set[str]:
         model_type = model.get("model_type")
     if model_type is None:
         return MODEL_SOURCE_KEYS
-    config_class = family_of(model_type).config_class
+    config_class = type(AutoConfig.for_model(model_type))
     return {field.name for field in dataclasses.fields(config_class)} | MODEL_SOURCE_KEYS
 
 

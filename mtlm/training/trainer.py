@@ -58,19 +58,23 @@ class MtlmTrainer(Trainer):
         return loss
 
     def _save_checkpoint(self, model, trial):
-        # transformers writes checkpoint-N in place; it writes it here into a staging folder instead (by the run folder
-        # it is given), which becomes checkpoint-N only when whole, so --resume never meets a partial checkpoint.
+        # transformers writes checkpoint-N in place; here it writes it into a staging folder instead (by the run folder
+        # it is given), which becomes checkpoint-N only when whole, so --resume never meets a partial checkpoint. What
+        # transformers does with the run folder itself (finding the best checkpoint, rotating, pushing) is done here,
+        # on the run folder, once the checkpoint is in it.
         run_dir = Path(self._get_output_dir(trial))
         folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         try:
-            with staged_by_every_process(folder, self.accelerator) as staging:
+            with staged_by_every_process(folder, self.accelerator, self.args.should_save) as staging:
                 self._staging_run_dir = staging.parent
                 try:
                     super()._save_checkpoint(model, trial)
                 finally:
                     self._staging_run_dir = None
-                if self.state.best_model_checkpoint == str(staging):
-                    self.state.best_model_checkpoint = str(folder)
+                best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+                if self.state.best_global_step and (best == folder or best.is_dir()) \
+                        and self.state.best_model_checkpoint != str(best):
+                    self.state.best_model_checkpoint = str(best)
                     if self.args.should_save:
                         self.state.save_to_json(str(staging / "trainer_state.json"))
         except OSError as error:
@@ -78,13 +82,19 @@ class MtlmTrainer(Trainer):
             kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
             raise OSError(f"Saving {folder.name} failed ({error}); the partial folder was removed and {kept}. "
                           "Free disk space, then continue with --resume.") from error
-        if self.args.should_save:  # transformers rotated the checkpoints beside the staged one: none; rotate the run
+        if self.args.should_save:
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
                                use_mtime=True)
+        if self.args.push_to_hub:
+            super()._push_from_checkpoint(str(folder))
 
     def _get_output_dir(self, trial) -> str:
         staging_run_dir = getattr(self, "_staging_run_dir", None)
         return str(staging_run_dir) if staging_run_dir else super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if not getattr(self, "_staging_run_dir", None):  # a staged checkpoint is pushed once it is in place
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         logs["flos"] = self.state.total_flos + self.current_flos
@@ -137,25 +147,25 @@ def describe_hardware() -> str:
 
 
 @contextmanager
-def staged_by_every_process(destination: Path, processes, merge: bool = False) -> Iterator[Path]:
+def staged_by_every_process(destination: Path, processes, stages: bool, merge: bool = False) -> Iterator[Path]:
     """`staged` for a save every process takes part in (under torchrun each writes its own files, or gathers
-    weights): the main process stages the folder, the others write into the same path, and it is renamed into place
-    once all of them are done."""
-    if processes.is_main_process:
-        with staged(destination, folder=True, merge=merge) as staging:
+    weights): the process that `stages` (the one that saves, per node with save_on_each_node) owns the staging
+    folder, the others write into the same path, and it is renamed into place once all of them are done."""
+    if stages:
+        with staged(destination, folder=True, merge=merge, shared=True) as staging:
             processes.wait_for_everyone()
             yield staging
             processes.wait_for_everyone()
     else:
         processes.wait_for_everyone()
-        yield staging_path(destination)
+        yield staging_path(destination, merge)
         processes.wait_for_everyone()
 
 
 def save_final_model(trainer: Trainer, output_dir: Path) -> None:
     """The final model's files and the Trainer's state, staged, then moved into the output folder beside the run's
     other files."""
-    with staged_by_every_process(output_dir, trainer.accelerator, merge=True) as staging:
+    with staged_by_every_process(output_dir, trainer.accelerator, trainer.args.should_save, merge=True) as staging:
         trainer.save_model(str(staging))
         if trainer.is_world_process_zero():
             trainer.state.save_to_json(str(staging / "trainer_state.json"))
