@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .configuration.presets import PRESETS, count_parameters
 from .convert import convert_folder
 from .data import arithmetic
 from .data.tokenization import make_tokenizer, read_corpus
+from .errors import UsageError
 from .evaluation import harness
 from .evaluation.compare import comparison_rows, load_run, markdown_comparison, plot_comparison
 from .evaluation.exact_match import exact_match, read_jsonl
@@ -281,8 +283,32 @@ def _push(args: argparse.Namespace) -> None:
         print(f"Uploaded {len(files)} files ({total:,} bytes) to https://huggingface.co/{args.repo_id}")
 
 
+# What a user's mistake raises (a genuine bug raises something else and shows its traceback).
+USER_ERRORS = (ValueError, OSError, ImportError, NonFiniteLossError)
+
+
+class CommandError(SystemExit):
+    """Exits with `code` after the one-line message has been printed; str() is the message."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a malformed command line reported on one line (and the --help that explains it)."""
+
+    def error(self, message: str):
+        line = f"{self.prog}: error: {message} (see {self.prog} --help)"
+        print(line, file=sys.stderr)
+        raise CommandError(line, 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtlm", description="A transformers-native zoo of tiny language models.")
+    parser = Parser(prog="mtlm", description="A transformers-native zoo of tiny language models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     presets = commands.add_parser(
@@ -518,12 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. A user's mistake is one line on stderr (exit code 2 for a flag or config value, 1 for a file,
+    folder or fault), never a traceback, unless MTLM_DEBUG=1."""
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError,
-            NonFiniteLossError) as error:
-        sys.exit(f"mtlm {args.command}: error: {error}")
+    except USER_ERRORS as error:
+        if os.environ.get("MTLM_DEBUG", "") not in ("", "0"):
+            raise
+        message = f"mtlm {args.command}: error: {' '.join(str(error).split())}"
+        print(message, file=sys.stderr)
+        raise CommandError(message, 2 if isinstance(error, UsageError) else 1) from None
 
 
 if __name__ == "__main__":

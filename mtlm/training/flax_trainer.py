@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 from transformers.trainer_utils import rotate_checkpoints
 
+from ..errors import UsageError
 from ..families import family_of
 from ..files import staged
 from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
@@ -31,10 +32,11 @@ from .datasets import build_datasets, load_texts
 from .defaults import TRAINING_DEFAULTS
 from .model import build_model_config
 from .reports import plot_losses
-from .run_folder import prepare_output_dir
+from .run_folder import RunFolder, check_output_dir, last_complete_checkpoint
 from .tokenizer import build_tokenizer
 
 OPTIMIZER_STATE = "flax_optimizer_state.npz"  # the optax state's leaves, in tree order
+FLAX_CHECKPOINT_FILES = ("trainer_state.json", "model.safetensors", OPTIMIZER_STATE)
 SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
 
 
@@ -43,7 +45,7 @@ def make_mesh(data: int | None = None, fsdp: int = 1) -> Mesh:
     devices = jax.devices()
     data = data or len(devices) // fsdp
     if data * fsdp > len(devices) or data < 1 or fsdp < 1:
-        raise ValueError(f"A mesh of data={data} x fsdp={fsdp} needs {data * fsdp} devices; there are {len(devices)} "
+        raise UsageError(f"A mesh of data={data} x fsdp={fsdp} needs {data * fsdp} devices; there are {len(devices)} "
                          f"({devices[0].platform}). Set flax.data_parallel / flax.fsdp to fit.")
     return Mesh(np.array(devices[: data * fsdp]).reshape(data, fsdp), ("data", "fsdp"))
 
@@ -71,7 +73,7 @@ def learning_rate_schedule(training: dict) -> optax.Schedule:
     warmup = steps_of(training.get("warmup_steps", 0), steps)
     kind = training["lr_scheduler_type"]
     if kind not in SCHEDULES:
-        raise ValueError(f"lr_scheduler_type={kind!r} is not available with --backend flax; use one of "
+        raise UsageError(f"lr_scheduler_type={kind!r} is not available with --backend flax; use one of "
                          f"{', '.join(SCHEDULES)}.")
     if kind in ("cosine", "cosine_with_min_lr"):
         options = training.get("lr_scheduler_kwargs") or {} if kind == "cosine_with_min_lr" else {}
@@ -238,15 +240,16 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     training = {**TRAINING_DEFAULTS, **run["training"]}
     flax_options = run.get("flax") or {}
     if run["data"].get("source") == "arithmetic":
-        raise ValueError("--backend flax trains on text (packed blocks); prompt/target data trains with the PyTorch "
+        raise UsageError("--backend flax trains on text (packed blocks); prompt/target data trains with the PyTorch "
                          "backend.")
     if not training.get("max_steps") or training["max_steps"] < 1:
-        raise ValueError("--backend flax needs training.max_steps.")
+        raise UsageError("--backend flax needs training.max_steps.")
     if training.get("gradient_accumulation_steps", 1) != 1:
-        raise ValueError("--backend flax does not accumulate gradients: set gradient_accumulation_steps to 1 and "
+        raise UsageError("--backend flax does not accumulate gradients: set gradient_accumulation_steps to 1 and "
                          "per_device_train_batch_size to the batch you want per device.")
     output_dir = Path(training["output_dir"])
-    prepare_output_dir(output_dir, overwrite, resume)
+    check_output_dir(output_dir, overwrite, resume)
+    last = last_complete_checkpoint(output_dir, FLAX_CHECKPOINT_FILES) if resume else None
     mesh = make_mesh(flax_options.get("data_parallel"), flax_options.get("fsdp", 1))
     devices = mesh.devices.size
     global_batch = training.get("per_device_train_batch_size", 8) * devices
@@ -257,7 +260,6 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     tokenizer = build_tokenizer(run["tokenizer"], texts, init_from)
     config = build_model_config(run["model"], tokenizer)
     datasets = build_datasets(run["data"], texts, tokenizer)
-    run_config.save(run, output_dir)
     options = {"dtype": jnp.bfloat16 if training.get("bf16") else jnp.float32,
                "remat": bool(training.get("gradient_checkpointing"))}
     seed = training.get("seed", 42)
@@ -273,14 +275,29 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
                  # data-parallel replicas, as processes are under torchrun: each takes per_device_train_batch_size
                  "processes": devices, "software": f"jax {jax.__version__}, flax (mtlm Flax trainer)"},
                  "attributes": {}}}}
-    last = last_checkpoint(output_dir) if resume else None
-    if resume and last is None:
-        raise FileNotFoundError(f"--resume: {output_dir} holds no checkpoint-* folder to continue from.")
     if last is not None:
         trainer.restore(last)
         state = json.loads((last / "trainer_state.json").read_text())
         print(f"Resuming from {last} at step {state['global_step']}")
 
+    folder = RunFolder(output_dir, overwrite, resume)
+    folder.start()
+    try:
+        run_config.save(run, output_dir)
+        run_steps(trainer, state, training, datasets, tokenizer, output_dir, folder, global_batch, eval_batch)
+    except BaseException:
+        folder.failed()
+        raise
+    folder.saved()
+    plot_losses(state["log_history"], output_dir / "loss.png")
+    return state
+
+
+def run_steps(trainer: FlaxTrainer, state: dict, training: dict, datasets, tokenizer, output_dir: Path,
+              folder: RunFolder, global_batch: int, eval_batch: int) -> None:
+    """The training loop from `state["global_step"]` to max_steps: logs, evaluations and checkpoints into `state`
+    and `output_dir`, then the final model."""
+    config, seed = trainer.config, trainer.seed
     train_rows = packed_rows(datasets["train"])
     validation_rows = packed_rows(datasets["validation"]) if "validation" in datasets else None
     block = train_rows.shape[1]
@@ -327,14 +344,8 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
         if save_every and step % save_every == 0 and step < training["max_steps"]:
             with staged(output_dir / f"checkpoint-{step}", folder=True) as staging:
                 trainer.save(staging, tokenizer, state)
+            folder.saved()
             rotate_checkpoints(str(output_dir), training.get("save_total_limit"))
     progress.close()
     with staged(output_dir, merge=True) as staging:  # the final model, beside the run's other files
         trainer.save(staging, tokenizer, state, optimizer=False)
-    plot_losses(state["log_history"], output_dir / "loss.png")
-    return state
-
-
-def last_checkpoint(output_dir: Path) -> Path | None:
-    folders = [path for path in output_dir.glob("checkpoint-*") if (path / OPTIMIZER_STATE).is_file()]
-    return max(folders, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)

@@ -4,25 +4,40 @@
 import copy
 import dataclasses
 import difflib
+import enum
+import inspect
 import os
 import re
+import types
+import typing
 from pathlib import Path
 
 import yaml
 from transformers import AutoConfig, TrainingArguments
 
 from ..configuration.presets import PRESETS, preset_config
+from ..errors import UsageError
+from ..families import FAMILIES
 from ..files import atomic_file, read_checkpoint_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
 DEFAULT_CONFIG = "shakespeare-char"
 
-TOKENIZER_KEYS = {"kind", "vocab_size", "path"}
+# The keys of the smaller sections, each with the type its value must have.
+TOKENIZER_KEYS = {"kind": str, "vocab_size": int, "path": str}
 TOKENIZER_KINDS = {"arithmetic", "byte", "char", "bpe", "pretrained"}
-DATA_KEYS = {"source", "path", "files", "splits", "name", "config", "block_size", "num_proc", "arithmetic"}
+DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "splits": dict[str, float] | list[str],
+             "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
-ARITHMETIC_KEYS = {"out_dir", "n_samples", "N", "A", "B", "ops", "seed"}
-FLAX_KEYS = {"data_parallel", "fsdp"}  # the device mesh of --backend flax
+ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
+                   "seed": int}
+FLAX_KEYS = {"data_parallel": int | None, "fsdp": int}  # the device mesh of --backend flax
+# Values that must be at least this (TrainingArguments accepts some of them and fails later, or loops forever).
+MINIMUM = {"training.per_device_train_batch_size": 1, "training.per_device_eval_batch_size": 1,
+           "training.gradient_accumulation_steps": 1, "training.logging_steps": 0, "training.save_steps": 0,
+           "training.learning_rate": 0, "training.num_train_epochs": 0, "data.block_size": 2, "data.num_proc": 1,
+           "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1, "tokenizer.vocab_size": 1,
+           "flax.data_parallel": 1, "flax.fsdp": 1}
 SECTIONS = ("model", "tokenizer", "data", "training", "flax")
 
 
@@ -45,21 +60,91 @@ def parse_yaml(text) -> object:
     return yaml.load(text, Loader=RunConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def _unknown(key: str, valid, where: str) -> ValueError:
+def _unknown(key: str, valid, where: str) -> UsageError:
     close = difflib.get_close_matches(key, sorted(valid), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(valid))}."
-    return ValueError(f"Unknown key {key!r} in {where}.{hint}")
+    return UsageError(f"Unknown key {key!r} in {where}.{hint}")
 
 
-def training_argument_names() -> set[str]:
-    return {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
+def matches(value, annotation) -> bool:
+    """Whether `value`, as YAML gives it, has the type `annotation` (a dataclass field's); an annotation this does
+    not know passes, for the class itself to judge."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, argument) for argument in arguments)
+    if origin is typing.Literal:
+        return value in arguments
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, annotation) or value in {member.value for member in annotation}
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(matches(item, arguments[0]) for item in value) \
+            if arguments else isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict) and (not arguments or all(
+            matches(key, arguments[0]) and matches(item, arguments[1]) for key, item in value.items()))
+    if isinstance(annotation, type) and issubclass(annotation, dict):  # a TypedDict, e.g. RopeParameters
+        return isinstance(value, dict)
+    return True
+
+
+def type_name(annotation) -> str:
+    """`int`, `str or None`, `list of str` ...: a type as a message names it."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(type_name(argument) for argument in arguments))
+    if origin is typing.Literal:
+        return " or ".join(repr(argument) for argument in arguments)
+    if annotation is type(None):
+        return "None"
+    if origin in (list, tuple):
+        return f"a list of {type_name(arguments[0])}" if arguments else "a list"
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, dict)):
+        return "a mapping"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in annotation)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def check_value(where: str, value, annotation) -> None:
+    """Refuse a value of the wrong type, or below its MINIMUM, naming the key, the value given and what it takes."""
+    if not matches(value, annotation):
+        raise UsageError(f"{where} = {value!r} is {type(value).__name__ if value is not None else 'empty'}; it must "
+                         f"be {type_name(annotation)}. Fix it in the run config or with --set {where}=VALUE.")
+    minimum = MINIMUM.get(where)
+    if minimum is not None and isinstance(value, (int, float)) and value < minimum:
+        raise UsageError(f"{where} = {value!r} is too small; it must be at least {minimum}. Fix it in the run config "
+                         f"or with --set {where}=VALUE.")
+
+
+def field_types(cls) -> dict[str, object]:
+    """The init fields of the dataclass `cls` with their annotations (an annotation that does not resolve is Any)."""
+    annotations = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            annotations.update(inspect.get_annotations(klass, eval_str=True))
+        except Exception:  # a forward reference of a base class that does not resolve here
+            annotations.update({name: typing.Any for name in getattr(klass, "__annotations__", {})})
+    return {field.name: annotations.get(field.name, typing.Any) for field in dataclasses.fields(cls) if field.init}
 
 
 MODEL_SOURCE_KEYS = {"preset", "model_type", "init_from"}
 
 
-def model_field_names(run: dict) -> set[str]:
-    """Fields the model section may set: the family config's fields (plus `preset` / `model_type` / `init_from`)."""
+def model_field_types(run: dict) -> dict[str, object]:
+    """Fields the model section may set, with their types: the family config's fields (plus `preset` /
+    `model_type` / `init_from`)."""
     model = run["model"]
     if model.get("init_from"):
         model_type = read_checkpoint_config(model["init_from"])["model_type"]
@@ -67,49 +152,55 @@ def model_field_names(run: dict) -> set[str]:
         model_type = PRESETS[model["preset"]].model_type
     else:
         model_type = model.get("model_type")
+    sources = {"preset": str, "model_type": str, "init_from": str}
     if model_type is None:
-        return MODEL_SOURCE_KEYS
-    config_class = type(AutoConfig.for_model(model_type))
-    return {field.name for field in dataclasses.fields(config_class)} | MODEL_SOURCE_KEYS
+        return sources
+    try:
+        config_class = type(AutoConfig.for_model(model_type))
+    except ValueError:
+        raise UsageError(f"model.model_type = {model_type!r} is not a model type transformers knows: choose one of "
+                         f"{', '.join(FAMILIES)} (or any transformers model type).") from None
+    return {**field_types(config_class), **sources}
 
 
 def validate(run: dict) -> dict:
-    """Check every section and key; returns `run`."""
+    """Check every section, key and value type; returns `run`."""
     for section in run:
         if section not in SECTIONS:
             raise _unknown(section, SECTIONS, "the run config")
     for section in SECTIONS:
-        run.setdefault(section, {})
+        if run.get(section) is None:
+            run[section] = {}
         if not isinstance(run[section], dict):
-            raise ValueError(f"Section {section!r} must be a mapping of keys to values, got {run[section]!r}.")
+            raise UsageError(f"Section {section!r} must be a mapping of keys to values, got {run[section]!r}.")
     model = run["model"]
     sources = [key for key in ("preset", "model_type", "init_from") if key in model]
     if len(sources) != 1:
-        raise ValueError("The model section needs exactly one of `preset` (see `mtlm presets`), `model_type` with "
+        raise UsageError("The model section needs exactly one of `preset` (see `mtlm presets`), `model_type` with "
                          f"config fields, or `init_from` (a checkpoint folder to train on); it has {sources or 'none'}.")
+    for key in sources:
+        check_value(f"model.{key}", model[key], str)
     if "preset" in model:
         preset_config(model["preset"])  # unknown preset -> error with close names
-    valid_model_keys = model_field_names(run)
-    for key in model:
-        if key not in valid_model_keys:
-            raise _unknown(key, valid_model_keys, "model")
-    for section, valid in (("tokenizer", TOKENIZER_KEYS), ("data", DATA_KEYS), ("flax", FLAX_KEYS)):
-        for key in run[section]:
-            if key not in valid:
-                raise _unknown(key, valid, section)
-    for key in run["data"].get("arithmetic", {}) or {}:
-        if key not in ARITHMETIC_KEYS:
-            raise _unknown(key, ARITHMETIC_KEYS, "data.arithmetic")
-    valid_training_keys = training_argument_names()
-    for key in run["training"]:
-        if key not in valid_training_keys:
-            raise _unknown(key, valid_training_keys, "training (TrainingArguments fields)")
+    schemas = [("model", model, model_field_types(run)), ("tokenizer", run["tokenizer"], TOKENIZER_KEYS),
+               ("data", run["data"], DATA_KEYS), ("flax", run["flax"], FLAX_KEYS),
+               ("data.arithmetic", run["data"].get("arithmetic") or {}, ARITHMETIC_KEYS),
+               ("training", run["training"], field_types(TrainingArguments))]
+    for where, section, schema in schemas:
+        for key, value in section.items():
+            if key not in schema:
+                raise _unknown(key, schema, "training (TrainingArguments fields)" if where == "training" else where)
+            check_value(f"{where}.{key}", value, schema[key])
     if run["tokenizer"].get("kind", "char") not in TOKENIZER_KINDS:
-        raise ValueError(f"tokenizer.kind={run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
+        raise UsageError(f"tokenizer.kind = {run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
-        raise ValueError(f"data.source={run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
+        raise UsageError(f"data.source = {run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
     if "output_dir" not in run["training"]:
-        raise ValueError("training.output_dir is required: the folder for checkpoints and the final model.")
+        raise UsageError("training.output_dir is required: the folder for checkpoints and the final model.")
+    max_steps = run["training"].get("max_steps", -1)
+    if max_steps == 0 or max_steps < -1:
+        raise UsageError(f"training.max_steps = {max_steps!r}: give a positive number of optimizer steps, or -1 to "
+                         "train for num_train_epochs.")
     return run
 
 
@@ -120,11 +211,17 @@ def apply_overrides(run: dict, overrides: list[str]) -> dict:
         path, separator, value = override.partition("=")
         keys = path.split(".")
         if not separator or len(keys) < 2:
-            raise ValueError(f"--set expects section.key=value, got {override!r}.")
-        target = run.setdefault(keys[0], {})
-        for key in keys[1:-1]:
-            target = target.setdefault(key, {})
-        target[keys[-1]] = parse_yaml(value)
+            raise UsageError(f"--set expects section.key=value, e.g. --set training.max_steps=100; got {override!r}.")
+        target = run
+        for key in keys[:-1]:
+            target = target.setdefault(key, {}) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            raise UsageError(f"--set {override}: {'.'.join(keys[:-1])} is not a section of mappings in this config.")
+        try:
+            target[keys[-1]] = parse_yaml(value)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--set {override}: the value is not valid YAML ({error.problem}); quote it, e.g. "
+                             f"--set {path}='\"{value}\"'.") from None
     return run
 
 
@@ -153,10 +250,18 @@ def find_config(name_or_path: str | os.PathLike | None) -> Path:
 def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict:
     """Read a run config (a path or a bundled config's name; default: shakespeare-char), apply overrides, validate."""
     path = find_config(path)
-    with open(path, encoding="utf-8") as handle:
-        run = parse_yaml(handle) or {}
+    try:
+        run = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path} is not UTF-8 text (byte {error.start}): save the run config as UTF-8.") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UsageError(f"{path} is not valid YAML: {problem}{where}. Fix the file (`mtlm configs` lists working "
+                         "examples).") from None
     if not isinstance(run, dict):
-        raise ValueError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}.")
+        raise UsageError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}; it holds {run!r}.")
     return validate(apply_overrides(run, list(overrides)))
 
 

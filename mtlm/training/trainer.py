@@ -21,6 +21,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from ..data.processing import check_block_size, collator
+from ..errors import UsageError
 from ..evaluation.exact_match import exact_match
 from ..files import staged, staging_path
 from . import run_config
@@ -28,7 +29,7 @@ from .datasets import build_datasets, load_texts
 from .defaults import TRAINING_DEFAULTS
 from .model import build_model, build_model_config
 from .reports import plot_losses, sample
-from .run_folder import prepare_output_dir
+from .run_folder import TRAINER_CHECKPOINT_FILES, RunFolder, check_output_dir, last_complete_checkpoint
 from .tokenizer import build_tokenizer
 
 
@@ -171,18 +172,39 @@ def save_final_model(trainer: Trainer, output_dir: Path) -> None:
             trainer.state.save_to_json(str(staging / "trainer_state.json"))
 
 
+class RunFolderSaved(TrainerCallback):
+    """Tells the run folder when this run has saved its first checkpoint (then an earlier run it replaces goes)."""
+
+    def __init__(self, folder: RunFolder | None):
+        self.folder = folder
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.folder is not None:
+            self.folder.saved()
+
+
+def training_arguments(training: dict) -> TrainingArguments:
+    """The Trainer's arguments; a value TrainingArguments refuses is named as a run-config mistake."""
+    try:
+        return TrainingArguments(**training)
+    except ValueError as error:
+        raise UsageError(f"The training section does not work as TrainingArguments: {error}") from None
+
+
 def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str = "\n",
           callbacks: tuple[TrainerCallback, ...] = ()) -> Trainer:
     """Run the training a validated run config describes (with any extra Trainer `callbacks`); returns the
-    Trainer."""
+    Trainer. Everything (arguments, data, tokenizer, model) is built before the output folder is touched, so a run
+    that cannot start leaves it as it was; an earlier run that --overwrite replaces is removed only once this one has
+    saved."""
     training = {**TRAINING_DEFAULTS, **run["training"]}
     output_dir = Path(training["output_dir"])
-    # Under torchrun / accelerate launch every process runs this; the main one owns the folder and builds the data
-    # (and datasets' cache) first, the others then read it.
+    check_output_dir(output_dir, overwrite, resume)
+    resume_from = str(last_complete_checkpoint(output_dir, required_checkpoint_files(training))) if resume else None
+    arguments = training_arguments(training)
+    # Under torchrun / accelerate launch every process runs this; the main one builds the data (and datasets' cache)
+    # first and owns the folder, the others then read them.
     processes = PartialState(cpu=training["use_cpu"])
-    if processes.is_main_process:
-        prepare_output_dir(output_dir, overwrite, resume)
-    processes.wait_for_everyone()
     set_seed(training.get("seed", 42))
 
     init_from = run["model"].get("init_from")
@@ -195,30 +217,48 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             check_block_size(run["data"].get("block_size", 128), config)
         datasets = build_datasets(run["data"], texts, tokenizer)
     model = build_model(config, init_from)
-    if processes.is_main_process:
-        run_config.save(run, output_dir)
-
     evaluation_split = "validation" if "validation" in datasets else None
     validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
-    trainer = MtlmTrainer(
-        model=model,
-        args=TrainingArguments(**training),
-        train_dataset=datasets["train"],
-        eval_dataset=datasets[evaluation_split] if evaluation_split else None,
-        data_collator=collator(tokenizer),
-        processing_class=tokenizer,
-        callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(), *callbacks],
-    )
+
+    folder = RunFolder(output_dir, overwrite, resume) if processes.is_main_process else None
+    if folder is not None:
+        folder.start()
+    processes.wait_for_everyone()
     try:
-        trainer.train(resume_from_checkpoint=True if resume else None)
-    except NonFiniteLossError as error:
-        last = get_last_checkpoint(str(output_dir))
-        kept = f"The last good checkpoint is {last} (continue with --resume after lowering the learning rate)." \
-            if last else "No checkpoint was saved before it."
-        raise NonFiniteLossError(f"{error} Training stopped. {kept}") from None
-    if evaluation_split:
-        trainer.evaluate()
-    save_final_model(trainer, output_dir)
-    if processes.is_main_process:
+        if folder is not None:
+            run_config.save(run, output_dir)
+        trainer = MtlmTrainer(
+            model=model,
+            args=arguments,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets[evaluation_split] if evaluation_split else None,
+            data_collator=collator(tokenizer),
+            processing_class=tokenizer,
+            callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
+                       RunFolderSaved(folder), *callbacks],
+        )
+        try:
+            trainer.train(resume_from_checkpoint=resume_from)
+        except NonFiniteLossError as error:
+            last = get_last_checkpoint(str(output_dir))
+            kept = f"The last good checkpoint is {last} (continue with --resume after lowering the learning rate)." \
+                if last else "No checkpoint was saved before it."
+            raise NonFiniteLossError(f"{error} Training stopped. {kept}") from None
+        if evaluation_split:
+            trainer.evaluate()
+        save_final_model(trainer, output_dir)
+    except BaseException:
+        if folder is not None:
+            folder.failed()
+        raise
+    if folder is not None:
+        folder.saved()
         plot_losses(trainer.state.log_history, output_dir / "loss.png")
     return trainer
+
+
+def required_checkpoint_files(training: dict) -> tuple:
+    """The files a complete checkpoint of this run holds (no optimizer state with save_only_model)."""
+    if training.get("save_only_model"):
+        return TRAINER_CHECKPOINT_FILES[:2]
+    return TRAINER_CHECKPOINT_FILES
