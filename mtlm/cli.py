@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from .configuration.presets import PRESETS, count_parameters
 from .convert import convert_folder
@@ -16,16 +16,24 @@ from .data.tokenization import make_tokenizer, read_corpus
 from .errors import UsageError
 from .evaluation import harness
 from .evaluation.compare import comparison_rows, load_run, markdown_comparison, plot_comparison
-from .evaluation.exact_match import exact_match, read_jsonl
+from .evaluation.exact_match import exact_match, read_prompt_targets
 from .evaluation.perplexity import perplexity, read_documents
 from .evaluation.results import save_into_checkpoint
 from .families import FAMILIES
-from .files import atomic_file, read_checkpoint_config, require_tokenizer, staged, upgrade_code
+from .files import (
+    atomic_file,
+    check_checkpoint_files,
+    load_causal_lm,
+    read_checkpoint_config,
+    require_tokenizer,
+    staged,
+    upgrade_code,
+)
 from .growth import METHODS, grow_folder
 from .hub_cards import write_card
 from .hub_cards.publish import export_folder, push_folder
 from .training import run_config
-from .training.reports import sample
+from .training.reports import check_sampling, sample, unknown_characters
 from .training.trainer import NonFiniteLossError, train
 
 
@@ -109,20 +117,26 @@ def _generate(args: argparse.Namespace) -> None:
     if args.seed is not None:
         torch.manual_seed(args.seed)
     model, tokenizer = _load_for_generation(args.checkpoint)
+    _warn_unknown_characters(tokenizer, args.prompt)
     print(sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
+
+
+def _warn_unknown_characters(tokenizer, prompt: str) -> None:
+    unknown = unknown_characters(tokenizer, prompt)
+    if unknown:
+        print(f"mtlm: warning: the prompt's characters {', '.join(repr(character) for character in unknown)} are not "
+              f"in the tokenizer's vocabulary; the model reads each as {tokenizer.unk_token} and the echoed prompt "
+              "leaves them out.", file=sys.stderr)
 
 
 def _load_for_generation(checkpoint: str):
     """Any causal LM folder with its tokenizer. An mtlm folder loads with this mtlm's classes, not with the code it
     carries, which may be older (see mtlm upgrade-code)."""
+    config = check_checkpoint_files(checkpoint)
     require_tokenizer(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    try:
-        read_checkpoint_config(checkpoint)
-        is_mtlm = True
-    except (FileNotFoundError, ValueError):
-        is_mtlm = False
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=not is_mtlm).eval()
+    is_mtlm = config.get("model_type") in FAMILIES
+    model = load_causal_lm(checkpoint, trust_remote_code=not is_mtlm).eval()
     return model, tokenizer
 
 
@@ -139,12 +153,40 @@ def _chat(args: argparse.Namespace) -> None:
             break
         if line.startswith("temp "):
             try:
-                temperature = float(line.split()[1])
+                value = float(line.split()[1])
+                check_sampling(temperature=value)
+                temperature = value
                 print(f"temperature = {temperature}")
             except (IndexError, ValueError):
-                print("usage: temp 0.8")
+                print("usage: temp 0.8 (0 for greedy decoding)")
             continue
+        _warn_unknown_characters(tokenizer, line)
         print(sample(model, tokenizer, line, args.max_new_tokens, temperature=temperature, top_k=args.top_k))
+
+
+def _number(kind: type, minimum: float | None = None, above: float | None = None, at_most: float | None = None):
+    """An argparse type: a number of `kind` within the bounds, or a one-line error quoting what was given."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text!r}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be more than {above}, got {text!r}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {text!r}")
+        return value
+
+    return parse
+
+
+COUNT = _number(int, minimum=1)
+NON_NEGATIVE = _number(int, minimum=0)
+TEMPERATURE = _number(float, minimum=0)
+PROBABILITY = _number(float, above=0, at_most=1)
 
 
 def _layer_map(text: str) -> list[int]:
@@ -156,9 +198,9 @@ def _layer_map(text: str) -> list[int]:
 
 def _grow(args: argparse.Namespace) -> None:
     if (args.method is None) == (args.layer_map is None):
-        raise ValueError("Pass either --method (with --num-layers) or --layer-map.")
+        raise UsageError("Pass either --method (with --num-layers) or --layer-map.")
     if args.method is not None and args.num_layers is None:
-        raise ValueError(f"--method {args.method} needs --num-layers, the depth of the grown model.")
+        raise UsageError(f"--method {args.method} needs --num-layers, the depth of the grown model.")
     torch.manual_seed(args.seed)
     grown = grow_folder(
         args.checkpoint, args.out, num_layers=args.num_layers, method=args.method or "stack", mapping=args.layer_map,
@@ -178,8 +220,12 @@ def _eval(args: argparse.Namespace) -> None:
         return
     local_data = dict(_key_value(item, "--local-data", "TASK=PATH") for item in args.local_data)
     if args.output and Path(args.output).suffix == ".md":
-        raise ValueError(f"--output {args.output}: name the results JSON (the table is written beside it as .md).")
+        raise UsageError(f"--output {args.output}: name the results JSON (the table is written beside it as .md).")
+    if args.batch_size is not None and not (args.batch_size.isdigit() and int(args.batch_size) > 0) \
+            and not args.batch_size.startswith("auto"):
+        raise UsageError(f"--batch-size {args.batch_size}: give a positive number, auto or auto:N.")
     batch_size = int(args.batch_size) if args.batch_size and args.batch_size.isdigit() else args.batch_size
+    check_checkpoint_files(args.checkpoint)
     results = harness.evaluate(
         args.checkpoint, args.tasks, num_fewshot=args.num_fewshot, limit=args.limit, batch_size=batch_size or 1,
         include_path=args.include_path or None, local_data=local_data, device=args.device,
@@ -198,16 +244,17 @@ def _eval(args: argparse.Namespace) -> None:
 def _key_value(text: str, option: str, shape: str) -> tuple[str, str]:
     key, separator, value = text.partition("=")
     if not separator or not key or not value:
-        raise ValueError(f"{option} expects {shape}, got {text!r}.")
+        raise UsageError(f"{option} expects {shape}, got {text!r}.")
     return key, value
 
 
 def _eval_exact_match(args: argparse.Namespace) -> None:
-    model, tokenizer = _load_for_generation(args.checkpoint)
-    if args.batch_size is not None and not args.batch_size.isdigit():
-        raise ValueError(f"--batch-size {args.batch_size}: exact match takes a number of rows per batch.")
+    if args.batch_size is not None and not (args.batch_size.isdigit() and int(args.batch_size) > 0):
+        raise UsageError(f"--batch-size {args.batch_size}: exact match takes a number of rows per batch (a positive integer).")
     batch_size = int(args.batch_size) if args.batch_size else 64
-    result = exact_match(model, tokenizer, read_jsonl(args.arithmetic), batch_size=batch_size)
+    rows = read_prompt_targets(args.arithmetic)
+    model, tokenizer = _load_for_generation(args.checkpoint)
+    result = exact_match(model, tokenizer, rows, batch_size=batch_size)
     for row in result["samples"]:
         mark = "ok" if row["prediction"] == row["target"] else "xx"
         print(f"{mark}  {row['prompt']}{row['prediction']}   (target {row['target']})")
@@ -226,8 +273,11 @@ def _keep_results(checkpoint: str, section: str, name: str, figures: dict, outpu
 
 
 def _ppl(args: argparse.Namespace) -> None:
-    model, tokenizer = _load_for_generation(args.checkpoint)
+    if args.stride is not None and args.max_length is not None and args.stride > args.max_length:
+        raise UsageError(f"--stride {args.stride} is longer than --max-length {args.max_length}: windows would skip "
+                         "tokens; give a stride of at most the window length.")
     documents = read_documents(args.data, args.field)
+    model, tokenizer = _load_for_generation(args.checkpoint)
     result = perplexity(model, tokenizer, documents, max_length=args.max_length, stride=args.stride,
                         batch_size=args.batch_size)
     for key, value in result.items():
@@ -356,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind in ("char", "bpe"):
             command.add_argument("--input", required=True, help="UTF-8 text file to learn the vocabulary from")
         if kind == "bpe":
-            command.add_argument("--vocab-size", type=int, required=True, help="ids in all, specials included")
+            command.add_argument("--vocab-size", type=COUNT, required=True, help="ids in all, specials included")
         command.add_argument("--out", required=True, help="folder to write")
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
         command.set_defaults(handler=_tokenizer)
@@ -370,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         "\"text\": \"<bos>554+456=1010<eos>\"}.",
     )
     arith.add_argument("--out_dir", "--out-dir", required=True, help="folder for the three files")
-    arith.add_argument("--n_samples", "--n-samples", type=int, default=70000, help="unique expressions (70000)")
-    arith.add_argument("--N", type=int, default=2, help="operands per expression (2)")
+    arith.add_argument("--n_samples", "--n-samples", type=COUNT, default=70000, help="unique expressions (70000)")
+    arith.add_argument("--N", type=COUNT, default=2, help="operands per expression (2)")
     arith.add_argument("--A", type=int, default=0, help="smallest operand (0)")
     arith.add_argument("--B", type=int, default=999, help="largest operand (999)")
     arith.add_argument("--ops", nargs="+", default=["+"], help="operators: + - '*' / as separate arguments or +-*/")
@@ -402,10 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("checkpoint", help="checkpoint folder")
     generate.add_argument("--prompt", required=True, help="text to continue")
-    generate.add_argument("--max-new-tokens", type=int, default=200)
-    generate.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    generate.add_argument("--top-k", type=int, default=50)
-    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=200)
+    generate.add_argument("--temperature", type=TEMPERATURE, default=0.8, help="0 for greedy decoding")
+    generate.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="0 keeps every token")
+    generate.add_argument("--top-p", type=PROBABILITY, default=1.0, help="in (0, 1]; 1 keeps every token")
     generate.add_argument("--seed", type=int, default=None)
     generate.set_defaults(handler=_generate)
 
@@ -414,9 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Type a prompt and read the continuation; 'temp 0.5' sets the temperature; 'quit' leaves.",
     )
     chat.add_argument("checkpoint", help="checkpoint folder")
-    chat.add_argument("--max-new-tokens", type=int, default=200)
-    chat.add_argument("--temperature", type=float, default=0.8)
-    chat.add_argument("--top-k", type=int, default=50)
+    chat.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=200)
+    chat.add_argument("--temperature", type=TEMPERATURE, default=0.8, help="0 for greedy decoding")
+    chat.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="0 keeps every token")
     chat.set_defaults(handler=_chat)
 
     grow = commands.add_parser(
@@ -427,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fresh layers on top; --layer-map gives the source layer of every grown layer. The source is not modified.",
     )
     grow.add_argument("checkpoint", help="mtlm checkpoint folder to grow")
-    grow.add_argument("--num-layers", type=int, help="layers of the grown model (need not be a multiple)")
+    grow.add_argument("--num-layers", type=COUNT, help="layers of the grown model (need not be a multiple)")
     grow.add_argument("--method", choices=METHODS, help="how grown layers map onto source layers")
     grow.add_argument("--layer-map", type=_layer_map, metavar="I,J,...",
                       help="explicit source layer of each grown layer, e.g. 0,0,1,1 (instead of --method)")
@@ -451,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--tasks", help="comma-separated lm-eval task names, or mtlm1")
     what.add_argument("--arithmetic", metavar="FILE.jsonl", help="greedy exact match on rows with prompt and target")
-    evaluate.add_argument("--num-fewshot", type=int, help="examples in each prompt (default: the task's own)")
-    evaluate.add_argument("--limit", type=float, help="documents per task (a fraction if below 1), for quick checks")
+    evaluate.add_argument("--num-fewshot", type=NON_NEGATIVE, help="examples in each prompt (default: the task's own)")
+    evaluate.add_argument("--limit", type=_number(float, above=0), help="documents per task (a fraction if below 1), for quick checks")
     evaluate.add_argument("--batch-size", help="lm-eval batch size (1, 8, auto); exact match: rows per batch (64)")
     evaluate.add_argument("--include-path", action="append", default=[], metavar="DIR",
                           help="folder of task YAMLs of your own (repeatable); relative data_files are taken relative "
@@ -474,9 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("checkpoint", help="checkpoint folder")
     ppl.add_argument("--data", required=True, help="UTF-8 text file, or .jsonl with one document per row")
     ppl.add_argument("--field", default="text", help="the .jsonl field holding the text (text)")
-    ppl.add_argument("--max-length", type=int, help="tokens per window (default: the model's context)")
-    ppl.add_argument("--stride", type=int, help="tokens a window advances (default: half of --max-length)")
-    ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (8)")
+    ppl.add_argument("--max-length", type=COUNT, help="tokens per window (default: the model's context)")
+    ppl.add_argument("--stride", type=COUNT, help="tokens a window advances (default: half of --max-length)")
+    ppl.add_argument("--batch-size", type=COUNT, default=8, help="windows per forward pass (8)")
     ppl.add_argument("--output", metavar="OUT.json", help="write the figures here")
     ppl.set_defaults(handler=_ppl)
 

@@ -10,10 +10,10 @@ that needs no remote code; an mtlm option the upstream class cannot express rais
 import os
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .families import FAMILIES, Family
-from .files import save_checkpoint, source_tokenizer
+from .files import load_causal_lm, save_checkpoint, source_tokenizer
 
 
 def _twin_of_upstream(model: PreTrainedModel) -> Family:
@@ -62,9 +62,7 @@ def convert_folder(
     """Convert the checkpoint folder `source` to `to` ("upstream" or "mtlm"; by default the other side) and write it,
     with its tokenizer, to `destination`. Returns the direction taken."""
     source = Path(source)
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(f"{source} is not a checkpoint folder (no config.json).")
-    model = AutoModelForCausalLM.from_pretrained(source)
+    model = load_causal_lm(source)
     is_mtlm = model.config.model_type in FAMILIES
     to = to or ("upstream" if is_mtlm else "mtlm")
     if to not in ("upstream", "mtlm"):

@@ -129,15 +129,109 @@ def atomic_file(destination: str | os.PathLike) -> Iterator[TextIO]:
         yield handle
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of `path`, or an error naming the file: missing, a folder, or not UTF-8 (with the byte)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No {what} at {path}: the file does not exist.")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass the path of the {what}.")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}, line {line}: {data[error.start:error.end]!r})"
+                         f": convert the {what} to UTF-8, e.g. iconv -f latin1 -t utf-8.") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    """The JSON in `path`, or an error naming the file, the line and the column."""
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}. Fix "
+                         f"or re-create the {what}.") from None
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "JSONL file", required: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a JSONL file (one JSON object per line; blank lines skipped), each holding the `required` keys;
+    an error names the file and the line."""
+    rows = []
+    for number, line in enumerate(read_text(path, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not valid JSON: {error.msg} at column {error.colno}. Each line "
+                             "of a .jsonl file holds one JSON object.") from None
+        missing = [key for key in required if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise ValueError(f"{path} line {number} has no {', '.join(repr(key) for key in missing)}: every row needs "
+                             f"{', '.join(repr(key) for key in required)}.")
+        rows.append(row)
+    return rows
+
+
+def require_folder(folder: str | os.PathLike, what: str = "checkpoint folder") -> Path:
+    """`folder` as a Path, or an error saying it does not exist or is a file (before a Hub lookup would take the name
+    for a repository id)."""
+    path = Path(folder)
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} is not a {what}: it does not exist (mtlm works on local folders).")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{folder} is a file: pass a {what}.")
+    return path
+
+
+def check_checkpoint_files(folder: str | os.PathLike) -> dict:
+    """Read a checkpoint folder's config.json and the headers of its safetensors weights, so that a missing,
+    truncated or corrupted file is named before any model is built. Returns the config."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = require_folder(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json): pass a folder written by "
+                                "mtlm train or save_pretrained.")
+    config = read_json(folder / "config.json", "checkpoint's config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / 'config.json'} holds {type(config).__name__}, not a config mapping: re-save the "
+                         "checkpoint.")
+    index = folder / "model.safetensors.index.json"
+    names = sorted(set(read_json(index, "weights index").get("weight_map", {}).values())) if index.is_file() \
+        else ["model.safetensors"]
+    for name in names:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}: the weights are missing; copy them again or save the "
+                                    "model with save_pretrained.")
+        try:
+            with safe_open(str(folder / name), "pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(f"{folder / name} cannot be read ({error}): the file is truncated or corrupted; copy it "
+                             "again or re-save the model.") from None
+    return config
+
+
+def load_causal_lm(folder: str | os.PathLike, **options):
+    """AutoModelForCausalLM.from_pretrained(folder, **options), once check_checkpoint_files has passed."""
+    from transformers import AutoModelForCausalLM
+
+    check_checkpoint_files(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, **options)
+
+
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
     """The config.json of an mtlm checkpoint folder, read before any weights are, with a clear error for a folder that
     is not one."""
-    path = Path(folder) / "config.json"
+    folder = require_folder(folder)
+    path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json): pass a folder written by "
                                 "mtlm train or save_pretrained.")
-    config = json.loads(path.read_text(encoding="utf-8"))
-    model_type = config.get("model_type")
+    config = read_json(path, "checkpoint's config")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in FAMILIES:
         hint = " Convert it first with `mtlm convert SRC DST`." if model_type in upstream_model_types() else ""
         raise ValueError(f"{folder} holds a {model_type!r} model, not an mtlm one ({', '.join(FAMILIES)}).{hint}")
@@ -145,11 +239,14 @@ def read_checkpoint_config(folder: str | os.PathLike) -> dict:
 
 
 def require_tokenizer(folder: str | os.PathLike) -> None:
-    """Refuse a checkpoint folder without a tokenizer before any model is loaded."""
-    folder = Path(folder)
-    if folder.is_dir() and not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+    """Refuse a checkpoint folder without a readable tokenizer before any model is loaded."""
+    folder = require_folder(folder)
+    present = [name for name in ("tokenizer.json", "tokenizer_config.json") if (folder / name).is_file()]
+    if not present:
         raise FileNotFoundError(f"{folder} has no tokenizer: save one beside the weights with "
                                 "tokenizer.save_pretrained(folder) (mtlm train does this).")
+    for name in present:
+        read_json(folder / name, "tokenizer file")
 
 
 def code_updates(folder: str | os.PathLike) -> dict[str, bytes | None]:

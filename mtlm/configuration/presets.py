@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -174,7 +176,7 @@ def preset_config(name: str, **overrides) -> PreTrainedConfig:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown preset {name!r}.{hint} Known presets: {', '.join(PRESETS)} (see `mtlm presets`).")
+        raise UsageError(f"Unknown preset {name!r}.{hint} Known presets: {', '.join(PRESETS)} (see `mtlm presets`).")
     return PRESETS[name].config(**overrides)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
+from ..errors import UsageError
 from ..files import atomic_file
 from .sources import load_local_files
 
@@ -24,7 +25,7 @@ def parse_ops(ops: list[str] | str) -> str:
     chosen = set("".join(ops).replace(" ", "").replace(",", ""))
     unknown = chosen - set(OPERATORS)
     if unknown or not chosen:
-        raise ValueError(f"--ops takes operators from {' '.join(OPERATORS)}; got {''.join(ops)!r}.")
+        raise UsageError(f"--ops takes operators from {' '.join(OPERATORS)}; got {''.join(ops)!r}.")
     return "".join(op for op in OPERATORS if op in chosen)
 
 
@@ -49,13 +50,13 @@ def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999,
              seed: int = 0) -> list[dict]:
     """`n_samples` unique examples; a ValueError before any work when the range cannot hold that many."""
     if n_operands < 2:
-        raise ValueError(f"--N (operands per expression) must be at least 2, got {n_operands}.")
+        raise UsageError(f"--N (operands per expression) must be at least 2, got {n_operands}.")
     if low < 0 or high < low:
-        raise ValueError(f"Operands are written without a sign: need 0 <= --A <= --B, got A={low}, B={high}.")
+        raise UsageError(f"Operands are written without a sign: need 0 <= --A <= --B, got A={low}, B={high}.")
     ops = parse_ops(ops)
     possible = (high - low + 1) ** n_operands * len(ops) ** (n_operands - 1)
     if n_samples > possible:
-        raise ValueError(
+        raise UsageError(
             f"Cannot draw {n_samples:,} unique expressions: {n_operands} operands in [{low}, {high}] with "
             f"operators {ops!r} allow at most {possible:,}. Widen the range, add operands or ask for fewer samples."
         )
@@ -65,7 +66,7 @@ def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999,
     while len(examples) < n_samples:
         attempts += 1
         if attempts > max_attempts:
-            raise ValueError(
+            raise UsageError(
                 f"Found only {len(examples):,} unique valid expressions of the {n_samples:,} asked for (exact "
                 f"division rules out most of this range): widen the range or ask for fewer samples."
             )

@@ -12,6 +12,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
+from ..errors import UsageError
 from .sources import require_text
 
 
@@ -86,8 +87,8 @@ def check_block_size(block_size: int, config) -> None:
     past `max_position_embeddings` still exceeds what the config promises)."""
     limit = config.max_position_embeddings
     if block_size > limit:
-        raise ValueError(
-            f"block_size={block_size} is larger than the model's context (max_position_embeddings={limit}): "
+        raise UsageError(
+            f"data.block_size={block_size} is larger than the model's context (max_position_embeddings={limit}): "
             f"set the block size to at most {limit}, or build the model with a longer context."
         )
 

@@ -2,10 +2,13 @@
 parquet files, and Hub datasets. Everything goes through `datasets.load_dataset`, so later `map` steps are cached
 by fingerprint."""
 
+import hashlib
 import os
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
+
+from ..files import read_json, read_jsonl, read_text
 
 TINY_SHAKESPEARE = Path(__file__).parent / "corpora" / "tinyshakespeare.txt"
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -44,7 +47,7 @@ def contiguous_splits(path: str | os.PathLike, fractions: dict[str, float]) -> D
     return DatasetDict(splits)
 
 
-def _load_local(path: str | os.PathLike, **kwargs) -> DatasetDict:
+def _load_local(path: str | os.PathLike, sample_by: str = "line") -> DatasetDict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No data file at {path}: pass an existing .txt, .jsonl or .parquet file.")
@@ -54,10 +57,25 @@ def _load_local(path: str | os.PathLike, **kwargs) -> DatasetDict:
     if builder is None:
         raise ValueError(f"Cannot tell the format of {path}: use a {', '.join(LOCAL_FORMATS)} file.")
     if builder == "text":
-        kwargs.setdefault("keep_linebreaks", True)
-    else:
-        kwargs.pop("sample_by", None)
-    return load_dataset(builder, data_files=str(path), **kwargs)
+        # datasets' text builder reads with universal newlines (\r\n becomes \n); these rows are the file's exact
+        # text. The digest of the bytes keys datasets' cache, so an edited file is read again.
+        digest = hashlib.sha256(read_text(path, "data file").encode()).hexdigest()  # names a non-UTF-8 file
+        rows = Dataset.from_generator(_text_rows, gen_kwargs={"path": str(path), "sample_by": sample_by,
+                                                              "digest": digest})
+        return DatasetDict({"train": rows})
+    try:
+        return load_dataset(builder, data_files=str(path))
+    except Exception as error:  # datasets wraps the parser's error; name the file, the line and the problem
+        if builder == "json":
+            read_jsonl(path, "data file") if path.suffix == ".jsonl" else read_json(path, "data file")
+        raise ValueError(f"{path} cannot be read as {builder}: {error.__cause__ or error}") from None
+
+
+def _text_rows(path: str, sample_by: str, digest: str):
+    """The text file as one row ("document") or a row per line, line endings kept as they are."""
+    text = read_text(path, "data file")  # names a file that is not UTF-8
+    for row in [text] if sample_by == "document" else text.splitlines(keepends=True):
+        yield {"text": row}
 
 
 def load_local_files(files: dict[str, str | os.PathLike]) -> DatasetDict:

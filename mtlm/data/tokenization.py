@@ -14,6 +14,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from ..errors import UsageError
+from ..files import read_text
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 ARITHMETIC_SYMBOLS = [str(digit) for digit in range(10)] + ["+", "-", "*", "/", "="]
 _EACH_CHARACTER = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -73,7 +76,7 @@ def bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
     """Byte-level BPE (GPT-2's scheme) trained on `texts` with `tokenizers`' trainer. Every text round-trips."""
     minimum = 256 + 3
     if vocab_size < minimum:
-        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs at least {minimum} "
+        raise UsageError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs at least {minimum} "
                          "(256 bytes and 3 special tokens).")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -89,11 +92,9 @@ def bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
 
 
 def read_corpus(path: str | os.PathLike) -> str:
-    """The text of a corpus file, with a clear error for a missing or empty one."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No corpus file at {path}: pass the path of a UTF-8 text file.")
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+    """The exact text of a corpus file (line endings as they are), with a clear error for a missing, empty or
+    non-UTF-8 one."""
+    text = read_text(path, "corpus file")
     if not text:
         raise ValueError(f"The corpus {path} is empty: a tokenizer needs text to learn from.")
     return text

@@ -1,7 +1,6 @@
 """One table and one chart across models: lm-eval results files, `mtlm ppl` outputs, or checkpoint folders (their
 eval_results.json)."""
 
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..files import staged  # noqa: E402
+from ..files import read_json, staged  # noqa: E402
 from .results import RESULTS_FILE, is_metric, metric_name  # noqa: E402
 
 # The metric shown for a task when none is asked for: the first the task reports.
@@ -23,12 +22,12 @@ def load_run(path: str | Path) -> tuple[str, dict[str, dict[str, float]]]:
     if path.is_dir():
         if not (path / RESULTS_FILE).is_file():
             raise FileNotFoundError(f"{path} holds no {RESULTS_FILE}: evaluate it first with mtlm eval / mtlm ppl.")
-        stored = json.loads((path / RESULTS_FILE).read_text(encoding="utf-8"))
+        stored = read_json(path / RESULTS_FILE, "results file")
         sections = [stored[key].get("results", {}) for key in ("lm_eval", "perplexity", "exact_match") if key in stored]
         name = path.resolve().name
     elif path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if "results" not in stored:
+        stored = read_json(path, "results file")
+        if not isinstance(stored, dict) or not isinstance(stored.get("results"), dict):
             raise ValueError(f"{path} is not a results file (no 'results'): pass lm-eval or mtlm eval/ppl output.")
         sections = [stored["results"]]
         name = Path(str(stored.get("model_name") or path.stem)).name  # a model path names the model by its folder

@@ -1,11 +1,12 @@
 """Greedy exact match on prompt/target data (MLM's metric), overall and by the answer's digit length."""
 
-import json
 import os
 from collections import defaultdict
 
 import torch
 from tqdm.auto import tqdm
+
+from ..files import read_jsonl
 
 
 def answer_digits(target: str) -> int:
@@ -56,11 +57,9 @@ def exact_match(model, tokenizer, examples: list[dict], batch_size: int = 64, pr
     }
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No prompt/target file at {path}: pass a JSONL file with prompt and target fields.")
-    with open(path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    if not rows or not all("prompt" in row and "target" in row for row in rows):
-        raise ValueError(f"{path} must hold JSON lines with 'prompt' and 'target' fields.")
+def read_prompt_targets(path: str | os.PathLike) -> list[dict]:
+    """The rows of a prompt/target JSONL file (mtlm data arithmetic writes them)."""
+    rows = read_jsonl(path, "prompt/target file", required=("prompt", "target"))
+    if not rows:
+        raise ValueError(f"{path} holds no rows: pass a JSONL file of {{\"prompt\": ..., \"target\": ...}} lines.")
     return rows

@@ -7,7 +7,6 @@ scores only the tokens no earlier window scored, with everything before them in 
 is scored exactly once; with `stride == max_length` the windows are lm-eval's `loglikelihood_rolling` windows.
 """
 
-import json
 import math
 import re
 from pathlib import Path
@@ -16,22 +15,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
+from ..files import read_jsonl, read_text
+
 
 def read_documents(path: str | Path, field: str = "text") -> list[str]:
     """A text file is one document; a .jsonl file holds one document per row, in `field`."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No data file at {path}.")
     if path.suffix != ".jsonl":
-        return [path.read_text(encoding="utf-8")]
-    documents = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if field not in row:
-                raise ValueError(f"{path}:{number} has no {field!r} field (it has {', '.join(row)}): pass --field.")
-            documents.append(row[field])
-    return documents
+        return [read_text(path, "data file")]
+    rows = read_jsonl(path, "data file")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            found = f"its fields are {', '.join(row)}" if isinstance(row, dict) else "it is not a JSON object"
+            raise ValueError(f"{path} row {number} has no text field {field!r} ({found}): pass --field NAME.")
+    return [row[field] for row in rows]
 
 
 def windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -73,12 +71,12 @@ def perplexity(model, tokenizer, documents: list[str], max_length: int | None = 
     """Mean loss per token, token perplexity, bits per byte, byte and word perplexity (lm-eval's conventions: UTF-8
     bytes, words split on whitespace) over `documents`."""
     context = model.config.max_position_embeddings
-    max_length = max_length or context
-    stride = stride or max_length // 2
+    max_length = context if max_length is None else max_length
+    stride = max(1, max_length // 2) if stride is None else stride
     if not 1 <= max_length <= context:
-        raise ValueError(f"--max-length {max_length} must be between 1 and the model's context of {context} tokens.")
+        raise UsageError(f"--max-length {max_length} must be between 1 and the model's context of {context} tokens.")
     if not 1 <= stride <= max_length:
-        raise ValueError(f"--stride {stride} must be between 1 and --max-length {max_length}.")
+        raise UsageError(f"--stride {stride} must be between 1 and --max-length {max_length}.")
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if prefix is None:
         raise ValueError("The tokenizer has neither a bos nor an eos token to start documents with.")

@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from ..files import atomic_file
+from ..files import atomic_file, read_json
 
 RESULTS_FILE = "eval_results.json"
 # Numbers results files hold beside the metrics: counts and settings, never shown or compared as scores.
@@ -25,7 +25,7 @@ def is_metric(key: str, value) -> bool:
 
 def read_checkpoint_results(checkpoint: str | os.PathLike) -> dict:
     path = Path(checkpoint) / RESULTS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path, "results file") if path.is_file() else {}
 
 
 def save_into_checkpoint(checkpoint: str | os.PathLike, section: str, summary: dict) -> Path | None:

@@ -15,16 +15,16 @@ exactly the source model's function.
 """
 
 import copy
-import json
 import os
 import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
+from ..errors import UsageError
 from ..families import FAMILIES, Family
-from ..files import read_checkpoint_config, save_checkpoint, source_tokenizer
+from ..files import load_causal_lm, read_checkpoint_config, read_json, save_checkpoint, source_tokenizer
 
 METHODS = ("stack", "interleave", "random")
 
@@ -38,12 +38,12 @@ def layer_map(method: str, source_layers: int, num_layers: int) -> list[int | No
         return [index * source_layers // num_layers for index in range(num_layers)]
     if method == "random":
         return list(range(source_layers)) + [None] * (num_layers - source_layers)
-    raise ValueError(f"Unknown growth method {method!r}: choose one of {', '.join(METHODS)}, or give a layer map.")
+    raise UsageError(f"Unknown growth method {method!r}: choose one of {', '.join(METHODS)}, or give a layer map.")
 
 
 def check_depths(source_layers: int, num_layers: int) -> None:
     if num_layers <= source_layers:
-        raise ValueError(
+        raise UsageError(
             f"Growth needs more layers than the source's {source_layers}; got num_layers={num_layers}. Pass a larger "
             "--num-layers."
         )
@@ -54,14 +54,14 @@ def check_layer_map(mapping: list[int | None], source_layers: int, num_layers: i
     """Raise a ValueError naming the problem when `mapping` cannot grow `source_layers` into `num_layers`."""
     check_depths(source_layers, num_layers)
     if len(mapping) != num_layers:
-        raise ValueError(f"The layer map has {len(mapping)} entries but the grown model has {num_layers} layers: give "
+        raise UsageError(f"The layer map has {len(mapping)} entries but the grown model has {num_layers} layers: give "
                          "one source layer per grown layer.")
     out_of_range = [index for index in mapping if index is not None and not 0 <= index < source_layers]
     if out_of_range:
-        raise ValueError(f"The layer map names layers {sorted(set(out_of_range))} but the source has layers 0 to "
+        raise UsageError(f"The layer map names layers {sorted(set(out_of_range))} but the source has layers 0 to "
                          f"{source_layers - 1}.")
     if function_preserving and first_uses(mapping) != list(range(source_layers)):
-        raise ValueError(
+        raise UsageError(
             f"A function-preserving layer map must use every source layer, first uses in order 0..{source_layers - 1} "
             f"(the copies after them are zeroed); {mapping} does not. Reorder the map or drop --function-preserving."
         )
@@ -163,18 +163,18 @@ def grow_folder(
     `source` is never modified. Returns the grown model."""
     source, destination = Path(source), Path(destination)
     if destination.resolve() == source.resolve():
-        raise ValueError(f"The grown model would replace its source {source}: choose another --out folder.")
+        raise UsageError(f"The grown model would replace its source {source}: choose another --out folder.")
     source_layers = read_checkpoint_config(source)["num_hidden_layers"]
     planned = mapping if mapping is not None else layer_map(method, source_layers, num_layers)
     check_layer_map(planned, source_layers, num_layers or len(planned), function_preserving)
     if destination.is_dir() and any(destination.iterdir()) and not overwrite:
         raise FileExistsError(f"{destination} exists and is not empty: choose another path or pass --overwrite.")
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    model = load_causal_lm(source, dtype="auto")
     grown = grow_model(model, num_layers, method, mapping, function_preserving, source=str(source.resolve()))
     trainer_state = source / "trainer_state.json"
     if trainer_state.is_file():  # what the source cost, for the model card's training totals
-        state = json.loads(trainer_state.read_text(encoding="utf-8"))
+        state = read_json(trainer_state, "trainer state")
         grown.config.growth_history[-1]["source_training"] = {
             key: state[key] for key in ("global_step", "total_flos") if key in state
         }

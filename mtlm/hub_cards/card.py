@@ -2,7 +2,6 @@
 (steps, tokens, FLOPs, time, hardware), run_config.yaml (data, recipe) and eval_results.json (evaluations).
 What the folder does not record is left out, never guessed."""
 
-import json
 import math
 import os
 import re
@@ -15,15 +14,15 @@ from transformers import AutoConfig
 from ..configuration.presets import count_parameters
 from ..evaluation.results import is_metric, metric_name, read_checkpoint_results
 from ..families import family_of
-from ..files import atomic_file
+from ..files import atomic_file, read_json
 from ..training.defaults import TRAINING_DEFAULTS
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def read_record(path: Path) -> dict:
+    return read_json(path, "training record") if path.is_file() else {}
 
 
 def read_run_config(folder: Path) -> dict:
@@ -221,7 +220,7 @@ def render_card(folder: str | os.PathLike, repo_id: str | None = None, license: 
     architecture (no remote code)."""
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    state = read_json(folder / "trainer_state.json")
+    state = read_record(folder / "trainer_state.json")
     run = read_run_config(folder)
     results = read_checkpoint_results(folder)
     growth = growth_records(config)

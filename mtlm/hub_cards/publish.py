@@ -9,10 +9,11 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..convert import to_upstream
-from ..files import read_checkpoint_config, require_tokenizer, save_checkpoint
+from ..errors import UsageError
+from ..files import load_causal_lm, read_checkpoint_config, require_tokenizer, save_checkpoint
 from .card import render_card
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -32,7 +33,7 @@ def export_folder(source: str | os.PathLike, destination: str | os.PathLike, nat
     require_tokenizer(source)
     if destination.resolve() == source.resolve():
         raise ValueError(f"Export into a new folder, not into {source} itself.")
-    model = AutoModelForCausalLM.from_pretrained(source)
+    model = load_causal_lm(source)
     exported = to_upstream(model) if native else model  # ValueError naming the option an upstream class lacks
     tokenizer = AutoTokenizer.from_pretrained(source)
     upstream_class = type(exported).__name__ if native else None
@@ -82,9 +83,9 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"Invalid repo id {repo_id!r}: {error} Use owner/name, e.g. my-user/tiny-llama.") from None
+        raise UsageError(f"Invalid repo id {repo_id!r}: {error} Use owner/name, e.g. my-user/tiny-llama.") from None
     if repo_id.count("/") != 1:
-        raise ValueError(f"Invalid repo id {repo_id!r}: use owner/name, e.g. my-user/tiny-llama.")
+        raise UsageError(f"Invalid repo id {repo_id!r}: use owner/name, e.g. my-user/tiny-llama.")
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,

@@ -25,7 +25,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from ..errors import UsageError
 from ..families import family_of
-from ..files import staged
+from ..files import read_json, staged
 from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
 from . import run_config
 from .datasets import build_datasets, load_texts
@@ -277,7 +277,7 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
                  "attributes": {}}}}
     if last is not None:
         trainer.restore(last)
-        state = json.loads((last / "trainer_state.json").read_text())
+        state = read_json(last / "trainer_state.json", "trainer state")
         print(f"Resuming from {last} at step {state['global_step']}")
 
     folder = RunFolder(output_dir, overwrite, resume)

@@ -3,6 +3,8 @@
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..configuration.presets import preset_config
+from ..errors import UsageError
+from ..files import check_checkpoint_files
 from . import run_config
 
 
@@ -12,13 +14,13 @@ def build_model_config(model: dict, tokenizer):
     if "init_from" in model:
         config = AutoConfig.from_pretrained(model["init_from"], **fields)
         if config.vocab_size != len(tokenizer):
-            raise ValueError(f"{model['init_from']} has vocab_size={config.vocab_size} but the tokenizer has "
+            raise UsageError(f"{model['init_from']} has vocab_size={config.vocab_size} but the tokenizer has "
                              f"{len(tokenizer)} ids: leave the tokenizer section out to use the checkpoint's own.")
         return config
     special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                    eos_token_id=tokenizer.eos_token_id)
     if "vocab_size" in fields and fields["vocab_size"] != len(tokenizer):
-        raise ValueError(
+        raise UsageError(
             f"model.vocab_size={fields['vocab_size']} does not fit the tokenizer's {len(tokenizer)} ids: drop "
             "model.vocab_size (it is taken from the tokenizer) or use the matching tokenizer."
         )
@@ -32,9 +34,10 @@ def build_model(config, init_from: str | None = None):
     """A freshly initialised model, or the weights of `init_from` under `config`, which must then fit them exactly."""
     if not init_from:
         return AutoModelForCausalLM.from_config(config)
+    check_checkpoint_files(init_from)
     model, info = AutoModelForCausalLM.from_pretrained(init_from, config=config, output_loading_info=True)
     problems = {kind: names for kind, names in info.items() if kind != "error_msgs" and names}
     if problems:
-        raise ValueError(f"The model section changes the shape of {init_from}'s weights ({problems}): set only fields "
+        raise UsageError(f"The model section changes the shape of {init_from}'s weights ({problems}): set only fields "
                          "that keep every weight's shape (dropout, initializer_range, ...), or grow it with mtlm grow.")
     return model

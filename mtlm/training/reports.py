@@ -8,15 +8,43 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..errors import UsageError  # noqa: E402
 from ..files import staged  # noqa: E402
+
+
+def check_sampling(max_new_tokens: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> None:
+    """Refuse decoding settings that would silently mean something else, quoting the value given."""
+    if max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: ask for 0 or more new tokens.")
+    if temperature < 0:
+        raise UsageError(f"--temperature {temperature}: give 0 for greedy decoding or a positive temperature.")
+    if top_k < 0:
+        raise UsageError(f"--top-k {top_k}: give 0 to keep every token or a positive number of tokens.")
+    if not 0 < top_p <= 1:
+        raise UsageError(f"--top-p {top_p}: give a probability in (0, 1]; 1 keeps every token.")
+
+
+def unknown_characters(tokenizer, text: str) -> list[str]:
+    """The characters of `text` the tokenizer turns into its unknown token (none for byte-level tokenizers)."""
+    if tokenizer.unk_token_id is None:
+        return []
+    return sorted(character for character in set(text)
+                  if tokenizer.unk_token_id in tokenizer(character, add_special_tokens=False)["input_ids"])
 
 
 def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
            top_p: float = 1.0) -> str:
     """The prompt and its continuation (never past the model's context): sampled, or greedy when `temperature` is
-    0."""
+    0. An empty prompt starts from the tokenizer's bos token."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    max_new_tokens = max(0, min(max_new_tokens, model.config.max_position_embeddings - inputs["input_ids"].shape[1]))
+    if inputs["input_ids"].shape[1] == 0:
+        if tokenizer.bos_token_id is None:
+            raise UsageError("The prompt is empty and the tokenizer has no bos token to start from: give a prompt.")
+        inputs = {"input_ids": torch.tensor([[tokenizer.bos_token_id]], device=model.device)}
+    max_new_tokens = min(max_new_tokens, model.config.max_position_embeddings - inputs["input_ids"].shape[1])
+    if max_new_tokens <= 0:  # the prompt fills the context
+        return tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p} if temperature > 0 \
         else {"do_sample": False}
     was_training = model.training
