@@ -25,6 +25,7 @@ from .files import (
     check_checkpoint_files,
     load_causal_lm,
     read_checkpoint_config,
+    require_folder,
     require_tokenizer,
     staged,
     upgrade_code,
@@ -219,6 +220,8 @@ def _eval(args: argparse.Namespace) -> None:
         _eval_exact_match(args)
         return
     local_data = dict(_key_value(item, "--local-data", "TASK=PATH") for item in args.local_data)
+    for folder in args.include_path:
+        require_folder(folder, "folder of task YAMLs (--include-path)")
     if args.output and Path(args.output).suffix == ".md":
         raise UsageError(f"--output {args.output}: name the results JSON (the table is written beside it as .md).")
     if args.batch_size is not None and not (args.batch_size.isdigit() and int(args.batch_size) > 0) \

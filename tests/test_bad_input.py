@@ -49,6 +49,7 @@ def workspace(trained, tmp_path) -> Path:
             (folder / "model.safetensors").read_bytes()[:5000])),
         ("badjson", lambda folder: (folder / "config.json").write_text('{"model_type": "mtlm_llama",\n')),
         ("noweights", lambda folder: (folder / "model.safetensors").unlink()),
+        ("badrun", lambda folder: (folder / "run_config.yaml").write_text("data: [source\n")),
     ]:
         shutil.copytree(w / "ckpt", w / name)
         damage(w / name)
@@ -138,6 +139,7 @@ CASES = [
     ("eval-local-data-shape", "eval {w}/ckpt --tasks lambada --local-data lambada", USAGE, "TASK=PATH"),
     ("eval-zero-limit", "eval {w}/ckpt --tasks lambada --limit 0", USAGE, "--limit"),
     ("eval-missing-folder", "eval {w}/nowhere --tasks lambada", FILE, "nowhere"),
+    ("eval-missing-include-path", "eval {w}/ckpt --tasks lambada --include-path {w}/tasks", FILE, "tasks is not a"),
     ("eval-tasks-and-arithmetic", "eval {w}/ckpt --tasks a --arithmetic {w}/arith.jsonl", USAGE, "--arithmetic"),
     # ppl
     ("ppl-zero-stride", "ppl {w}/ckpt --data {w}/corpus.txt --stride 0", USAGE, "'0'"),
@@ -159,6 +161,7 @@ CASES = [
     ("card-missing-folder", "card {w}/nowhere", FILE, "nowhere"),
     ("card-upstream-folder", "card {w}/llama", FILE, "'llama'"),
     ("card-invalid-config-json", "card {w}/badjson", FILE, "config.json is not valid JSON"),
+    ("card-invalid-run-config", "card {w}/badrun", FILE, "run_config.yaml is not valid YAML"),
     ("export-into-itself", "export {w}/ckpt {w}/ckpt", FILE, "new folder"),
     ("export-into-a-full-folder", "export {w}/ckpt {w}/notok", FILE, "not empty"),
     ("export-without-tokenizer", "export {w}/notok {w}/exported", FILE, "no tokenizer"),

@@ -228,3 +228,24 @@ def test_impossible_arithmetic_requests_fail_before_writing(tmp_path):
         mtlm_main(["data", "arithmetic", "--out_dir", str(tmp_path / "x"), "--n_samples", "90", "--B", "9",
                    "--ops", "/"])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_char_tokenizer_built_from_a_file_round_trips_it_exactly(tmp_path):
+    """CRLF line endings, a lone \\r, tabs and non-ASCII text are the corpus's characters: none becomes <unk>."""
+    from transformers import AutoTokenizer
+
+    from mtlm.cli import main as mtlm_main
+    from mtlm.training.datasets import load_texts
+    from mtlm.training.tokenizer import build_tokenizer
+
+    corpus = "line one\r\nline\ttwo\r\n\rcafé — 漢字 🙂\n" * 50
+    (tmp_path / "crlf.txt").write_bytes(corpus.encode("utf-8"))
+    mtlm_main(["tokenizer", "char", "--input", str(tmp_path / "crlf.txt"), "--out", str(tmp_path / "tok")])
+    written = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    texts = load_texts({"source": "text", "path": str(tmp_path / "crlf.txt")})
+    assert "".join([*texts["train"]["text"], *texts["validation"]["text"]]) == corpus
+    built = build_tokenizer({"kind": "char"}, texts)
+    for tokenizer in (written, built):
+        assert len(tokenizer) == len(set(corpus)) + 4 and "\r" in tokenizer.get_vocab()
+        ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == corpus

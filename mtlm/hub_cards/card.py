@@ -14,7 +14,7 @@ from transformers import AutoConfig
 from ..configuration.presets import count_parameters
 from ..evaluation.results import is_metric, metric_name, read_checkpoint_results
 from ..families import family_of
-from ..files import atomic_file, read_json
+from ..files import atomic_file, read_json, read_text
 from ..training.defaults import TRAINING_DEFAULTS
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -27,7 +27,13 @@ def read_record(path: Path) -> dict:
 
 def read_run_config(folder: Path) -> dict:
     path = folder / "run_config.yaml"
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(read_text(path, "run config")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML ({getattr(error, 'problem', None) or error}): fix it or delete it "
+                         "(the card then leaves out the data and recipe).") from None
 
 
 def data_description(data: dict) -> str | None:
