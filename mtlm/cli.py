@@ -602,6 +602,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
+    except KeyboardInterrupt:
+        if os.environ.get("MTLM_DEBUG", "") not in ("", "0"):
+            raise
+        message = f"mtlm {args.command}: interrupted (a run continues from its last checkpoint with --resume)"
+        print(message, file=sys.stderr)
+        raise CommandError(message, 130) from None
     except USER_ERRORS as error:
         if os.environ.get("MTLM_DEBUG", "") not in ("", "0"):
             raise

@@ -261,3 +261,24 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_saves(workspace, monk
     train(run_config.validate(run), overwrite=True)
     assert snapshot(workspace / "ckpt") != before
     assert sorted(path.name for path in workspace.iterdir() if path.name.startswith(".")) == []
+
+
+def test_a_run_that_fails_before_its_first_save_leaves_no_folder_and_the_corrected_run_starts(workspace, monkeypatch,
+                                                                                             capsys):
+    from transformers import Trainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(Trainer, "train", out_of_memory)
+    with pytest.raises(MemoryError):  # a genuine fault, not a user's mistake: its traceback shows
+        mtlm_main(["train", str(workspace / "good.yaml")])
+    assert not (workspace / "out").exists()
+    monkeypatch.setattr(Trainer, "train", lambda self, *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(SystemExit) as stopped:
+        mtlm_main(["train", str(workspace / "good.yaml")])
+    assert stopped.value.code == 130 and "--resume" in capsys.readouterr().err
+    assert not (workspace / "out").exists()
+    monkeypatch.undo()
+    mtlm_main(["train", str(workspace / "good.yaml")])
+    assert (workspace / "out" / "model.safetensors").is_file()
