@@ -45,6 +45,11 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
+# How `mtlm presets` abbreviates a config's shape: d128 L4 h4 (decoders), ctx64 e32 (fixed-context models).
+SHAPE = (("d", "hidden_size"), ("L", "num_hidden_layers"), ("h", "num_attention_heads"), ("ctx", "context_size"),
+         ("e", "embedding_size"))
+
+
 def _presets(args: argparse.Namespace) -> None:
     families = [(family.model_type, family.upstream.causal_lm_class.__name__ if family.upstream else "-",
                  "yes" if family.flax_class else "no", family.describe(family.config_class()))
@@ -56,7 +61,7 @@ def _presets(args: argparse.Namespace) -> None:
         config = preset.config()
         count = count_parameters(config)
         reference = f"{preset.reference_parameters / 1e6:.1f}M" if preset.reference_parameters else "-"
-        shape = f"d{config.hidden_size} L{config.num_hidden_layers} h{config.num_attention_heads}"
+        shape = " ".join(f"{prefix}{getattr(config, name)}" for prefix, name in SHAPE if hasattr(config, name))
         rows.append((preset.name, preset.model_type, f"{count:,}", reference, shape, preset.description))
     _print_table(("preset", "family", "parameters", "published", "shape", "what it is"), rows)
 

@@ -148,7 +148,7 @@ def test_an_unregistered_model_type_is_refused_with_the_families_named(tmp_path)
 
 
 @pytest.mark.compat
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", ["mtlm_llama", "mtlm_gpt", "mtlm_moe"])  # the families 0.2.0 had
 def test_checkpoints_written_by_mtlm_0_2_0_compute_the_same_logits(family):
     folder = TESTS / "fixtures" / "checkpoints-0.2.0" / family
     expected = load_file(str(folder / "expected_logits.safetensors"))

@@ -23,18 +23,11 @@ def require_choice(config, field: str, choices) -> None:
         raise ValueError(f"{field}={value!r} is not supported; choose one of {sorted(choices)}.")
 
 
-def check_attention_shape(config) -> None:
-    """Sizes every attention block needs: heads split the width evenly, query heads group evenly over kv heads."""
-    require_positive(
-        config,
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "max_position_embeddings",
-    )
+def check_attention_shape(config, mlp: bool = True) -> None:
+    """Sizes every attention block needs: heads split the width evenly, query heads group evenly over kv heads; and,
+    with `mlp`, the MLP's width and activation."""
+    require_positive(config, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings", *(["intermediate_size"] if mlp else []))
     if config.hidden_size % config.num_attention_heads:
         raise ValueError(
             f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
@@ -45,7 +38,8 @@ def check_attention_shape(config) -> None:
             f"num_attention_heads ({config.num_attention_heads}) must be divisible by num_key_value_heads "
             f"({config.num_key_value_heads}) for grouped-query attention."
         )
-    require_choice(config, "hidden_act", ACT2FN.keys())
+    if mlp:
+        require_choice(config, "hidden_act", ACT2FN.keys())
     require_probability(config, "attention_dropout", "hidden_dropout")
     if config.initializer_range <= 0:
         raise ValueError(f"initializer_range must be positive, got {config.initializer_range!r}.")

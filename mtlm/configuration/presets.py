@@ -27,6 +27,8 @@ class Preset:
 
 # MLM's synthetic-arithmetic vocabulary: <pad> 0, <bos> 1, <eos> 2, digits, + - * /, =.
 _ARITHMETIC_TOKENS = dict(vocab_size=18, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# The char tokenizer of Tiny Shakespeare: 65 characters and 4 specials (the seed's vocabulary is the 65 characters).
+_TLM_CHARACTERS = dict(vocab_size=69, bos_token_id=None, eos_token_id=None)
 _MTLM1 = dict(
     vocab_size=32000,
     hidden_size=768,
@@ -151,22 +153,34 @@ PRESETS = {
                 hidden_dropout=0.1,
             ),
         ),
-        Preset(
-            "tlm-transformer",
+        *[Preset(
+            f"tlm-linear-ctx{context}",
+            "mtlm_linear",
+            f"Tiny-LM Linear: the one-hot characters of a {context}-character context into one linear layer",
+            dict(_TLM_CHARACTERS, context_size=context),
+        ) for context in (16, 32, 64, 128)],
+        *[Preset(
+            f"tlm-mlp-{width}",
+            "mtlm_mlp",
+            f"Tiny-LM MLP: 64 characters' 32-d embeddings concatenated, 3 hidden layers of {width}, GELU, dropout 0.1",
+            dict(_TLM_CHARACTERS, context_size=64, embedding_size=32, hidden_sizes=[width] * 3, hidden_dropout=0.1),
+        ) for width in (128, 256, 512)],
+        *[Preset(
+            f"tlm-attention-h{heads}",
+            "mtlm_attention",
+            f"Tiny-LM self-attention only: d128, 2 pre-LN layers of {heads} heads, no MLP, learned positions, "
+            "context 64",
+            dict(_TLM_CHARACTERS, hidden_size=128, num_hidden_layers=2, num_attention_heads=heads,
+                 max_position_embeddings=64, hidden_dropout=0.1),
+        ) for heads in (1, 2, 4, 8)],
+        *[Preset(
+            "tlm-transformer" if layers == 4 else f"tlm-transformer-l{layers}",
             "mtlm_gpt",
-            "Tiny-LM Transformer on Tiny Shakespeare characters: d128, 4 heads, 4 layers, MLP 4x, GELU, tied, context 128",
-            dict(
-                vocab_size=69,  # the char tokenizer of Tiny Shakespeare: 65 characters and 4 specials
-                hidden_size=128,
-                num_attention_heads=4,
-                num_hidden_layers=4,
-                intermediate_size=512,
-                max_position_embeddings=128,
-                hidden_act="gelu",
-                bos_token_id=None,
-                eos_token_id=None,
-            ),
-        ),
+            f"Tiny-LM Transformer on Tiny Shakespeare characters: d128, 4 heads, {layers} layers, MLP 4x, GELU, tied, "
+            "context 128",
+            dict(_TLM_CHARACTERS, hidden_size=128, num_attention_heads=4, num_hidden_layers=layers,
+                 intermediate_size=512, max_position_embeddings=128, hidden_act="gelu"),
+        ) for layers in (2, 4, 6)],
     ]
 }
 

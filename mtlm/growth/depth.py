@@ -108,6 +108,9 @@ def grow_model(
     if family is None or not isinstance(model, family.causal_lm_class):
         raise TypeError(f"grow_model grows mtlm models; got {type(model).__name__} (convert it with "
                         "mtlm.convert.from_upstream first).")
+    if family.layers is None:
+        raise UsageError(f"The {family.model_type} family has no layers to grow; depth growth works on the decoder "
+                         f"families ({', '.join(name for name, other in FAMILIES.items() if other.layers)}).")
     source_layers = model.config.num_hidden_layers
     if mapping is None:
         mapping = layer_map(method, source_layers, num_layers)

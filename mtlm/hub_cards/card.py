@@ -53,6 +53,11 @@ def data_description(data: dict) -> str | None:
             f"[{settings.get('A', 0)}, {settings.get('B', 999)}] with {settings.get('ops', '+')}, answers after '='")
 
 
+def context_length(config) -> int:
+    """The tokens a prediction reads: a fixed-context family's window, else the longest input."""
+    return getattr(config, "context_size", None) or config.max_position_embeddings
+
+
 def architecture_rows(config) -> list[tuple[str, str]]:
     parameters = count_parameters(config)
     family = family_of(config)
@@ -60,14 +65,8 @@ def architecture_rows(config) -> list[tuple[str, str]]:
     rows = [
         ("family", f"`{config.model_type}` ({family.describe(config)}){twin}"),
         ("parameters", f"{parameters:,} ({parameters / 1e6:.1f}M)"),
-        ("layers", str(config.num_hidden_layers)),
-        ("hidden size", str(config.hidden_size)),
-        ("attention heads (query / key-value)", f"{config.num_attention_heads} / {config.num_key_value_heads}"),
-        ("MLP width", f"{config.intermediate_size} ({config.hidden_act})"),
-    ]
-    rows += family.card_rows(config)
-    rows += [
-        ("context", f"{config.max_position_embeddings} tokens"),
+        *family.card_rows(config),
+        ("context", f"{context_length(config)} tokens"),
         ("vocabulary", f"{config.vocab_size} tokens"),
         ("tied input / output embeddings", "yes" if config.tie_word_embeddings else "no"),
     ]
@@ -210,7 +209,7 @@ def limitations(config, run: dict, results: dict) -> list[str]:
     lines.append(f"A small research model{f' trained only on {data}' if data else ''}: it continues text in the style "
                  "of its training data and knows little else. It is not instruction-tuned and has not been evaluated "
                  "for safety or bias; do not use it for decisions about people.")
-    lines.append(f"It reads at most {config.max_position_embeddings} tokens of context.")
+    lines.append(f"It reads at most {context_length(config)} tokens of context.")
     if (run.get("tokenizer") or {}).get("kind") == "char":
         lines.append("Its vocabulary holds the characters of its training text only; any other character becomes "
                      "`<unk>`.")

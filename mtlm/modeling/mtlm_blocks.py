@@ -269,14 +269,16 @@ def residual_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> t
 
 
 class MtlmDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))). The MLP is the family's."""
+    """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))). The MLP is the family's; without one
+    (`mlp=None`) the block is attention only."""
 
-    def __init__(self, config, layer_idx: int, mlp: nn.Module):
+    def __init__(self, config, layer_idx: int, mlp: nn.Module | None):
         super().__init__()
         self.self_attn = MtlmAttention(config, layer_idx)
         self.mlp = mlp
         self.input_layernorm = make_norm(config)
-        self.post_attention_layernorm = make_norm(config)
+        if mlp is not None:
+            self.post_attention_layernorm = make_norm(config)
         self.hidden_dropout = config.hidden_dropout
 
     def forward(
@@ -298,11 +300,26 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
             **kwargs,
         )
         hidden_states = hidden_states + residual_dropout(attn_output, self.hidden_dropout, self.training)
+        if self.mlp is None:
+            return hidden_states
         mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states + residual_dropout(mlp_output, self.hidden_dropout, self.training)
 
 
-def decoder_flops_per_token(config, sequence_length: int, mlp_class: type) -> int:
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """An out-of-range id would otherwise fail deep inside nn.Embedding (or assert on the GPU)."""
+    if torch.compiler.is_compiling():
+        return
+    lowest, highest = torch.aminmax(input_ids)
+    if lowest < 0 or highest >= vocab_size:
+        bad = sorted(set(input_ids[(input_ids < 0) | (input_ids >= vocab_size)].tolist()))[:8]
+        raise ValueError(
+            f"input_ids hold ids {bad} outside the vocabulary [0, {vocab_size}) of this model: use the tokenizer "
+            "the model was trained with, or resize the embeddings with model.resize_token_embeddings()."
+        )
+
+
+def decoder_flops_per_token(config, sequence_length: int, mlp_class: type | None) -> int:
     """Analytic forward FLOPs per token at `sequence_length` (2 per multiply-add) of a decoder whose layers hold
     `mlp_class`: projections, attention scores and values over the whole sequence, MLP (active experts only), LM
     head; embedding lookups are free."""
@@ -310,7 +327,7 @@ def decoder_flops_per_token(config, sequence_length: int, mlp_class: type) -> in
     hidden = config.hidden_size
     projections = 2 * hidden * head_dim * (2 * heads + 2 * kv_heads)
     attention = 2 * 2 * sequence_length * heads * head_dim
-    mlp = mlp_class.flops_per_token(config)
+    mlp = mlp_class.flops_per_token(config) if mlp_class is not None else 0
     return config.num_hidden_layers * (projections + attention + mlp) + 2 * hidden * config.vocab_size
 
 
@@ -346,8 +363,19 @@ def copy_code_files(config_class: type, model_class: type, folder: str | os.Path
         shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
 
 
-class MtlmPreTrainedModel(PreTrainedModel):
-    """Base of every mtlm model: attention backends, weight init and self-contained remote-code checkpoints."""
+class SelfContainedCheckpoint:
+    """Saves the flat code files and `auto_map` beside the weights and config, so that the folder loads with
+    `trust_remote_code=True` where mtlm is not installed."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        self.config.auto_map = auto_map(type(self.config), type(self))
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            copy_code_files(type(self.config), type(self), save_directory)
+
+
+class MtlmPreTrainedModel(SelfContainedCheckpoint, PreTrainedModel):
+    """Base of every mtlm decoder: attention backends, weight init and self-contained remote-code checkpoints."""
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -371,7 +399,8 @@ class MtlmPreTrainedModel(PreTrainedModel):
     def forward_flops_per_token(self, sequence_length: int) -> int:
         """Analytic forward FLOPs per token at `sequence_length` (see decoder_flops_per_token)."""
         backbone = self.model if hasattr(self, "model") else self
-        return decoder_flops_per_token(self.config, sequence_length, type(backbone.layers[0].mlp))
+        mlp = backbone.layers[0].mlp
+        return decoder_flops_per_token(self.config, sequence_length, type(mlp) if mlp is not None else None)
 
     def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
         """Training FLOPs of a batch: 3 x forward (the backward pass costs two forwards). Used by the Trainer."""
@@ -379,14 +408,6 @@ class MtlmPreTrainedModel(PreTrainedModel):
         if input_ids is None:
             return super().floating_point_ops(input_dict, exclude_embeddings)
         return 3 * self.forward_flops_per_token(input_ids.shape[-1]) * input_ids.numel()
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """Save weights and config, plus the flat code files and `auto_map` that let the folder load with
-        `trust_remote_code=True` where mtlm is not installed."""
-        self.config.auto_map = auto_map(type(self.config), type(self))
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            copy_code_files(type(self.config), type(self), save_directory)
 
 
 class MtlmModel(MtlmPreTrainedModel):
@@ -400,17 +421,6 @@ class MtlmModel(MtlmPreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Returns the hidden states entering layer 0 and the rotary (cos, sin) the attention layers apply, if any."""
         raise NotImplementedError
-
-    def check_input_ids(self, input_ids: torch.Tensor) -> None:
-        # An out-of-range id would otherwise fail deep inside nn.Embedding (or assert on the GPU).
-        vocab_size = self.config.vocab_size
-        lowest, highest = torch.aminmax(input_ids)
-        if lowest < 0 or highest >= vocab_size:
-            bad = sorted(set(input_ids[(input_ids < 0) | (input_ids >= vocab_size)].tolist()))[:8]
-            raise ValueError(
-                f"input_ids hold ids {bad} outside the vocabulary [0, {vocab_size}) of this model: use the tokenizer "
-                "the model was trained with, or resize the embeddings with model.resize_token_embeddings()."
-            )
 
     @merge_with_config_defaults
     @capture_outputs
@@ -432,8 +442,7 @@ class MtlmModel(MtlmPreTrainedModel):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
-            if not torch.compiler.is_compiling():
-                self.check_input_ids(input_ids)
+            check_token_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None and not self.training:  # a cache only serves decoding
             cache = DynamicCache(config=self.config)
@@ -498,3 +507,54 @@ class MtlmForCausalLM(MtlmPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         extras = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
         return self.output_class(loss=loss, logits=logits, **extras)
+
+
+def sliding_window_linear(inputs: torch.Tensor, linear: nn.Linear, context_size: int) -> torch.Tensor:
+    """inputs: (batch, seq, width) -> (batch, seq, out): `linear` (context_size * width -> out) applied at every
+    position to the inputs of its last `context_size` positions concatenated, oldest first, with zeros before the
+    sequence starts. One convolution computes all positions; a position never sees a later one."""
+    width = inputs.shape[-1]
+    kernel = linear.weight.view(linear.out_features, context_size, width).transpose(1, 2).contiguous()
+    padded = nn.functional.pad(inputs.transpose(1, 2), (context_size - 1, 0))  # (batch, width, context - 1 + seq)
+    return nn.functional.conv1d(padded, kernel, linear.bias).transpose(1, 2).contiguous()
+
+
+class MtlmFixedContextForCausalLM(SelfContainedCheckpoint, PreTrainedModel, GenerationMixin):
+    """A causal LM whose every prediction reads the last `config.context_size` tokens (the Tiny-LM baselines).
+    Subclasses give `window_logits(input_ids, keep)`: logits for every position, where `keep` (batch, seq, 1) is 0 on
+    padding, which then reads as the zeros before the sequence starts. It keeps no cache: `generate()` hands it the
+    last `context_size` tokens at every step."""
+
+    base_model_prefix = "model"
+    _can_compile_fullgraph = True
+
+    def window_logits(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """input_ids: (batch, seq); attention_mask: (batch, seq), 0 on padding; labels: (batch, seq), -100 where no
+        loss is taken, shifted inside. Returns logits (batch, kept, vocab) and the mean next-token loss."""
+        if input_ids is None:
+            raise ValueError(f"{type(self).__name__} reads token ids: pass input_ids.")
+        check_token_ids(input_ids, self.config.vocab_size)
+        keep = attention_mask.unsqueeze(-1).to(torch.float32) if attention_mask is not None else \
+            torch.ones(*input_ids.shape, 1, device=input_ids.device)
+        logits = self.window_logits(input_ids, keep)
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = logits[:, slice_indices, :]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        window = slice(-self.config.context_size, None)
+        return {"input_ids": input_ids[:, window],
+                "attention_mask": attention_mask[:, window] if attention_mask is not None else None}
