@@ -99,6 +99,11 @@ CASES = [
     ("train-flax-arithmetic", "train {w}/good.yaml --backend flax --set data.source=arithmetic", USAGE,
      "--backend flax"),
     ("train-unknown-flag", "train {w}/good.yaml --max-steps 3", USAGE, "--max-steps"),
+    ("train-zero-patience", "train {w}/good.yaml --set early_stopping.patience=0", USAGE, "patience = 0"),
+    ("train-early-stopping-without-best", "train {w}/good.yaml --set early_stopping.patience=3", USAGE,
+     "load_best_model_at_end"),
+    ("train-flax-early-stopping", "train {w}/good.yaml --backend flax --set early_stopping.patience=3 "
+     "--set training.eval_strategy=steps --set training.load_best_model_at_end=true", USAGE, "no early stopping"),
     # generate and chat: folders, checkpoints, flags
     ("generate-missing-folder", "generate {w}/nowhere --prompt a", FILE, "nowhere is not a checkpoint folder"),
     ("generate-a-file", "generate {w}/corpus.txt --prompt a", FILE, "corpus.txt is a file"),

@@ -208,3 +208,28 @@ def test_growth_and_the_flax_backend_refuse_a_baseline_by_name():
 
     with pytest.raises(ValueError, match="mtlm_mlp family has no Flax twin"):
         FlaxMtlmForCausalLM.from_config(tiny("mtlm_mlp").config)
+
+
+def test_the_seeds_recipe_stops_early_keeps_the_best_checkpoint_and_scores_the_test_split(tmp_path):
+    from safetensors.torch import load_file
+
+    from mtlm.training import run_config
+    from mtlm.training.trainer import train
+
+    settings = {"max_steps": 40, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "steps", "save_steps": 2,
+                "save_total_limit": 2, "load_best_model_at_end": True, "metric_for_best_model": "eval_loss",
+                "greater_is_better": True}  # the loss falls, so the first evaluation stays the best
+    run = tiny_run(tmp_path, data={"splits": {"train": 0.8, "validation": 0.1, "test": 0.1}}, training=settings)
+    run["early_stopping"] = {"patience": 2}
+    trainer = train(run_config.validate(run))
+    assert trainer.state.global_step == 6 and trainer.state.best_global_step == 2  # two evaluations without a best
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    best = load_file(tmp_path / "run" / "checkpoint-2" / "model.safetensors")
+    assert final.keys() == best.keys() and all(torch.equal(final[name], best[name]) for name in final)
+    tests = [entry for entry in trainer.state.log_history if "test_loss" in entry]
+    assert len(tests) == 1 and tests[0]["test_loss"] > 0
+
+    run["early_stopping"] = {"patience": 2}
+    run["training"]["load_best_model_at_end"] = False
+    with pytest.raises(ValueError, match="load_best_model_at_end: true"):
+        run_config.validate(run)

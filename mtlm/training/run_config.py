@@ -32,13 +32,15 @@ DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
                    "seed": int}
 FLAX_KEYS = {"data_parallel": int | None, "fsdp": int}  # the device mesh of --backend flax
+# transformers' EarlyStoppingCallback: stop after `patience` evaluations without an improvement above `threshold`.
+EARLY_STOPPING_KEYS = {"patience": int, "threshold": float}
 # Values that must be at least this (TrainingArguments accepts some of them and fails later, or loops forever).
 MINIMUM = {"training.per_device_train_batch_size": 1, "training.per_device_eval_batch_size": 1,
            "training.gradient_accumulation_steps": 1, "training.logging_steps": 0, "training.save_steps": 0,
            "training.learning_rate": 0, "training.num_train_epochs": 0, "data.block_size": 2, "data.num_proc": 1,
            "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1, "tokenizer.vocab_size": 1,
-           "flax.data_parallel": 1, "flax.fsdp": 1}
-SECTIONS = ("model", "tokenizer", "data", "training", "flax")
+           "flax.data_parallel": 1, "flax.fsdp": 1, "early_stopping.patience": 1, "early_stopping.threshold": 0}
+SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping")
 
 
 class RunConfigLoader(yaml.SafeLoader):
@@ -184,6 +186,7 @@ def validate(run: dict) -> dict:
         preset_config(model["preset"])  # unknown preset -> error with close names
     schemas = [("model", model, model_field_types(run)), ("tokenizer", run["tokenizer"], TOKENIZER_KEYS),
                ("data", run["data"], DATA_KEYS), ("flax", run["flax"], FLAX_KEYS),
+               ("early_stopping", run["early_stopping"], EARLY_STOPPING_KEYS),
                ("data.arithmetic", run["data"].get("arithmetic") or {}, ARITHMETIC_KEYS),
                ("training", run["training"], field_types(TrainingArguments))]
     for where, section, schema in schemas:
@@ -197,6 +200,13 @@ def validate(run: dict) -> dict:
         raise UsageError(f"data.source = {run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
     if "output_dir" not in run["training"]:
         raise UsageError("training.output_dir is required: the folder for checkpoints and the final model.")
+    if run["early_stopping"]:
+        if "patience" not in run["early_stopping"]:
+            raise UsageError("early_stopping needs a patience: the evaluations without improvement before training "
+                             "stops, e.g. early_stopping: {patience: 10}.")
+        if run["training"].get("eval_strategy", "no") == "no" or not run["training"].get("load_best_model_at_end"):
+            raise UsageError("early_stopping needs evaluations and the best checkpoint kept: set training.eval_strategy "
+                             "(steps or epoch, as save_strategy) and training.load_best_model_at_end: true.")
     max_steps = run["training"].get("max_steps", -1)
     if max_steps == 0 or max_steps < -1:
         raise UsageError(f"training.max_steps = {max_steps!r}: give a positive number of optimizer steps, or -1 to "

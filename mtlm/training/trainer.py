@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import PartialState
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
@@ -235,7 +235,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             data_collator=collator(tokenizer),
             processing_class=tokenizer,
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
-                       RunFolderSaved(folder), *callbacks],
+                       RunFolderSaved(folder), *early_stopping(run), *callbacks],
         )
         try:
             trainer.train(resume_from_checkpoint=resume_from)
@@ -246,6 +246,8 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             raise NonFiniteLossError(f"{error} Training stopped. {kept}") from None
         if evaluation_split:
             trainer.evaluate()
+        if "test" in datasets:  # scored once, at the end, by the final (with load_best_model_at_end: the best) model
+            trainer.evaluate(datasets["test"], metric_key_prefix="test")
         save_final_model(trainer, output_dir)
     except BaseException:
         if folder is not None:
@@ -255,6 +257,15 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         folder.saved()
         plot_losses(trainer.state.log_history, output_dir / "loss.png")
     return trainer
+
+
+def early_stopping(run: dict) -> list[TrainerCallback]:
+    """transformers' EarlyStoppingCallback, when the run config has an early_stopping section."""
+    settings = run.get("early_stopping") or {}
+    if not settings:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=settings["patience"],
+                                  early_stopping_threshold=settings.get("threshold", 0.0))]
 
 
 def required_checkpoint_files(training: dict) -> tuple:
