@@ -80,8 +80,8 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
-    texts = [read_corpus(args.input)] if args.kind in ("char", "bpe") else []
-    tokenizer = make_tokenizer(args.kind, texts, getattr(args, "vocab_size", None))
+    texts = [read_corpus(args.input)] if args.kind in ("char", "bpe", "word") else []
+    tokenizer = make_tokenizer(args.kind, texts, getattr(args, "vocab_size", None), getattr(args, "max_vocab", None))
     with staged(args.out, folder=True, overwrite=args.overwrite) as staging:
         tokenizer.save_pretrained(staging)
     print(f"Wrote the {args.kind} tokenizer ({len(tokenizer)} ids) to {args.out}")
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=_convert)
 
     tokenizer = commands.add_parser(
-        "tokenizer", help="write a tokenizer folder (arithmetic, byte, char or bpe)",
+        "tokenizer", help="write a tokenizer folder (arithmetic, byte, char, bpe or word)",
         description="Write a tokenizer as a folder that AutoTokenizer loads anywhere (plain tokenizers JSON).",
     )
     kinds = tokenizer.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -409,10 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("byte", "one id per UTF-8 byte, then <pad> <bos> <eos>; lossless for any text"),
         ("char", "one id per character of --input, plus <pad> <bos> <eos> <unk>"),
         ("bpe", "byte-level BPE trained on --input to --vocab-size ids"),
+        ("word", "words and punctuation of --input, the --max-vocab most frequent (specials included), <unk> else"),
     ]:
         command = kinds.add_parser(kind, help=help_text, description=help_text)
-        if kind in ("char", "bpe"):
+        if kind in ("char", "bpe", "word"):
             command.add_argument("--input", required=True, help="UTF-8 text file to learn the vocabulary from")
+        if kind == "word":
+            command.add_argument("--max-vocab", type=COUNT, required=True, help="ids at most, specials included")
         if kind == "bpe":
             command.add_argument("--vocab-size", type=COUNT, required=True, help="ids in all, specials included")
         command.add_argument("--out", required=True, help="folder to write")

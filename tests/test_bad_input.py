@@ -182,6 +182,8 @@ CASES = [
     ("tokenizer-small-vocab", "tokenizer bpe --input {w}/corpus.txt --vocab-size 10 --out {w}/tok", USAGE,
      "vocab_size=10"),
     ("tokenizer-into-a-full-folder", "tokenizer byte --out {w}/ckpt", FILE, "not empty"),
+    ("tokenizer-word-vocab-below-specials", "tokenizer word --input {w}/corpus.txt --max-vocab 3 --out {w}/tok",
+     USAGE, "max_vocab=3"),
     ("arithmetic-zero-operands", "data arithmetic --out-dir {w}/a --N 0", USAGE, "'0'"),
     ("arithmetic-one-operand", "data arithmetic --out-dir {w}/a --N 1", USAGE, "at least 2"),
     ("arithmetic-reversed-range", "data arithmetic --out-dir {w}/a --A 10 --B 5", USAGE, "A=10, B=5"),

@@ -249,3 +249,26 @@ def test_a_char_tokenizer_built_from_a_file_round_trips_it_exactly(tmp_path):
         assert len(tokenizer) == len(set(corpus)) + 4 and "\r" in tokenizer.get_vocab()
         ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
         assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == corpus
+
+
+def test_a_word_tokenizer_keeps_the_most_frequent_words_and_loads_with_auto_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mtlm.cli import main as mtlm_main
+    from mtlm.data.tokenization import word_tokenizer
+
+    corpus = "the cat sat .\nthe dog ran , !\n" * 10 + "rare words here\n"
+    tokenizer = word_tokenizer([corpus], max_vocab=13)  # 4 specials and the 9 words seen 10 times or more
+    vocabulary = tokenizer.get_vocab()
+    assert len(tokenizer) == 13 and {"the", "cat", "sat", ".", "dog", "ran", ",", "!", "\n"} <= set(vocabulary)
+    ids = tokenizer("the cat ran , rare ! <unk>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["the", "cat", "ran", ",", "<unk>", "!", "<unk>"]
+    assert tokenizer.decode(tokenizer("the dog , the cat\n", add_special_tokens=False)["input_ids"]) == \
+        "the dog , the cat \n"
+
+    (tmp_path / "corpus.txt").write_text(corpus)
+    mtlm_main(["tokenizer", "word", "--input", str(tmp_path / "corpus.txt"), "--max-vocab", "13",
+               "--out", str(tmp_path / "words")])
+    assert AutoTokenizer.from_pretrained(tmp_path / "words").get_vocab() == vocabulary
+    with pytest.raises(ValueError, match="max_vocab=4 leaves no room for words"):
+        word_tokenizer([corpus], max_vocab=4)

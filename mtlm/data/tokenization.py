@@ -4,7 +4,8 @@
 - arithmetic: MLM's 18 ids (<pad> 0, <bos> 1, <eos> 2, digits 3-12, + - * / 13-16, = 17);
 - byte: one id per UTF-8 byte (0-255), then the specials; lossless for any text;
 - char: one id per character of a corpus, plus specials and <unk>;
-- bpe: byte-level BPE trained with tokenizers' BpeTrainer.
+- bpe: byte-level BPE trained with tokenizers' BpeTrainer;
+- word: words and punctuation marks (line breaks are words too), the most frequent up to a cap, <unk> for the rest.
 """
 
 import os
@@ -20,6 +21,8 @@ from ..files import read_text
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 ARITHMETIC_SYMBOLS = [str(digit) for digit in range(10)] + ["+", "-", "*", "/", "="]
 _EACH_CHARACTER = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+# Words, punctuation marks and line breaks, each a token of its own; spaces go. `<unk>` (in PTB's text) stays whole.
+_WORDS = pre_tokenizers.Split(Regex(rf"{UNK}|\w+|[^\w\s]|\n"), behavior="removed", invert=True)
 
 
 def _wrap(tokenizer: Tokenizer, unk: bool = False) -> PreTrainedTokenizerFast:
@@ -91,6 +94,21 @@ def bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
     return _wrap(tokenizer)
 
 
+def word_tokenizer(texts: Iterable[str], max_vocab: int) -> PreTrainedTokenizerFast:
+    """<pad>, <bos>, <eos>, <unk>, then the most frequent words and punctuation marks of `texts`, `max_vocab` ids in
+    all; any other word is <unk>, as PTB's own `<unk>` is. Decoding joins the words with single spaces."""
+    specials = [PAD, BOS, EOS, UNK]
+    if max_vocab <= len(specials):
+        raise UsageError(f"max_vocab={max_vocab} leaves no room for words: it counts the {len(specials)} special "
+                         f"tokens too, so give more than {len(specials)} (Tiny-LM uses 10000).")
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.pre_tokenizer = _WORDS
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins the words with spaces
+    trainer = trainers.WordLevelTrainer(vocab_size=max_vocab, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tokenizer, unk=True)
+
+
 def read_corpus(path: str | os.PathLike) -> str:
     """The exact text of a corpus file (line endings as they are), with a clear error for a missing, empty or
     non-UTF-8 one."""
@@ -100,8 +118,10 @@ def read_corpus(path: str | os.PathLike) -> str:
     return text
 
 
-def make_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None = None) -> PreTrainedTokenizerFast:
-    """The tokenizer of `kind` ("arithmetic", "byte", "char" or "bpe"); char and bpe learn from `texts`."""
+def make_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None = None,
+                   max_vocab: int | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer of `kind` ("arithmetic", "byte", "char", "bpe" with `vocab_size`, or "word" with `max_vocab`);
+    char, bpe and word learn from `texts`."""
     if kind == "arithmetic":
         return arithmetic_tokenizer()
     if kind == "byte":
@@ -112,4 +132,8 @@ def make_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None 
         if vocab_size is None:
             raise ValueError("A bpe tokenizer needs a vocab_size.")
         return bpe_tokenizer(texts, vocab_size)
-    raise ValueError(f"Unknown tokenizer kind {kind!r}: choose arithmetic, byte, char or bpe.")
+    if kind == "word":
+        if max_vocab is None:
+            raise UsageError("A word tokenizer needs max_vocab, the cap on its vocabulary (specials included).")
+        return word_tokenizer(texts, max_vocab)
+    raise ValueError(f"Unknown tokenizer kind {kind!r}: choose arithmetic, byte, char, bpe or word.")

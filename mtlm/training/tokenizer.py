@@ -14,5 +14,8 @@ def build_tokenizer(spec: dict, texts: DatasetDict, init_from: str | None = None
     kind = spec.get("kind", "char")
     if kind == "pretrained":
         return AutoTokenizer.from_pretrained(spec["path"])
-    corpus = ["".join(texts[split]["text"]) for split in texts] if kind in ("char", "bpe") else []
-    return make_tokenizer(kind, corpus, spec.get("vocab_size"))
+    learns = kind in ("char", "bpe", "word")
+    # A word vocabulary is learned from the training split only, so that held-out words are <unk> as PTB's are.
+    splits = ["train"] if kind == "word" and "train" in texts else list(texts)
+    corpus = ["".join(texts[split]["text"]) for split in splits] if learns else []
+    return make_tokenizer(kind, corpus, spec.get("vocab_size"), spec.get("max_vocab"))
