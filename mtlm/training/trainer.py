@@ -247,6 +247,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         if evaluation_split:
             trainer.evaluate()
         if "test" in datasets:  # scored once, at the end, by the final (with load_best_model_at_end: the best) model
+            trainer.remove_callback(EarlyStoppingCallback)  # it watches the validation loss, and training is over
             trainer.evaluate(datasets["test"], metric_key_prefix="test")
         save_final_model(trainer, output_dir)
     except BaseException:
