@@ -185,11 +185,9 @@ def require_folder(folder: str | os.PathLike, what: str = "checkpoint folder") -
     return path
 
 
-def check_checkpoint_files(folder: str | os.PathLike) -> dict:
-    """Read a checkpoint folder's config.json and the headers of its safetensors weights, so that a missing,
-    truncated or corrupted file is named before any model is built. Returns the config."""
-    from safetensors import SafetensorError, safe_open
-
+def read_config_json(folder: str | os.PathLike) -> dict:
+    """The config.json of a checkpoint folder, with an error naming what is wrong: no folder, no config, or one that
+    does not parse."""
     folder = require_folder(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json): pass a folder written by "
@@ -198,6 +196,12 @@ def check_checkpoint_files(folder: str | os.PathLike) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{folder / 'config.json'} holds {type(config).__name__}, not a config mapping: re-save the "
                          "checkpoint.")
+    return config
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The safetensors files of a checkpoint folder (the shards its index names, or model.safetensors), each
+    present."""
     index = folder / "model.safetensors.index.json"
     names = sorted(set(read_json(index, "weights index").get("weight_map", {}).values())) if index.is_file() \
         else ["model.safetensors"]
@@ -205,6 +209,17 @@ def check_checkpoint_files(folder: str | os.PathLike) -> dict:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} has no {name}: the weights are missing; copy them again or save the "
                                     "model with save_pretrained.")
+    return names
+
+
+def check_checkpoint_files(folder: str | os.PathLike) -> dict:
+    """Read a checkpoint folder's config.json and the headers of its safetensors weights, so that a missing,
+    truncated or corrupted file is named before any model is built. Returns the config."""
+    from safetensors import SafetensorError, safe_open
+
+    config = read_config_json(folder)
+    folder = Path(folder)
+    for name in weight_files(folder):
         try:
             with safe_open(str(folder / name), "pt"):
                 pass
@@ -225,13 +240,8 @@ def load_causal_lm(folder: str | os.PathLike, **options):
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
     """The config.json of an mtlm checkpoint folder, read before any weights are, with a clear error for a folder that
     is not one."""
-    folder = require_folder(folder)
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint folder (no config.json): pass a folder written by "
-                                "mtlm train or save_pretrained.")
-    config = read_json(path, "checkpoint's config")
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config = read_config_json(folder)
+    model_type = config.get("model_type")
     if model_type not in FAMILIES:
         hint = " Convert it first with `mtlm convert SRC DST`." if model_type in upstream_model_types() else ""
         raise ValueError(f"{folder} holds a {model_type!r} model, not an mtlm one ({', '.join(FAMILIES)}).{hint}")

@@ -8,7 +8,6 @@ or top-k routed experts, a tied or untied head.
 """
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors.numpy import load_file, save_file
 from transformers import AutoConfig, GenerationConfig
 
 from ..families import FAMILIES, family_of
+from ..files import weight_files
 from .mtlm_blocks import auto_map, copy_code_files
 
 ACTIVATIONS = {
@@ -489,13 +489,8 @@ def _choose(logits, key, do_sample: bool, temperature, top_k: int):
 
 def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     """Every tensor of a (possibly sharded) model.safetensors, as float32 numpy arrays."""
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
-        else ["model.safetensors"]
     weights = {}
-    for name in files:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}: save the model with save_pretrained.")
+    for name in weight_files(folder):
         weights.update({key: value.astype(np.float32) for key, value in load_file(str(folder / name)).items()})
     return weights
 

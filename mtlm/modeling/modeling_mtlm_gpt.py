@@ -9,15 +9,19 @@ from .mtlm_blocks import MtlmDecoderLayer, MtlmForCausalLM, MtlmMLP, MtlmModel, 
 
 
 class MtlmGPTModel(MtlmModel):
+    """Subclasses may change the MLP of every layer (`mlp_class`; None for attention-only layers)."""
+
     config: MtlmGPTConfig
+    mlp_class = MtlmMLP
 
     def __init__(self, config: MtlmGPTConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.layers = nn.ModuleList(
-            [MtlmDecoderLayer(config, i, MtlmMLP(config)) for i in range(config.num_hidden_layers)]
-        )
+        self.layers = nn.ModuleList([
+            MtlmDecoderLayer(config, i, self.mlp_class(config) if self.mlp_class else None)
+            for i in range(config.num_hidden_layers)
+        ])
         self.norm = make_norm(config)
         self.gradient_checkpointing = False
         self.post_init()

@@ -519,6 +519,13 @@ def sliding_window_linear(inputs: torch.Tensor, linear: nn.Linear, context_size:
     return nn.functional.conv1d(padded, kernel, linear.bias).transpose(1, 2).contiguous()
 
 
+def window_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, length: int) -> dict:
+    """What `generate()` hands a model without a cache at every step: the last `length` tokens and their mask."""
+    window = slice(-length, None)
+    return {"input_ids": input_ids[:, window], "use_cache": False,
+            "attention_mask": attention_mask[:, window] if attention_mask is not None else None}
+
+
 class MtlmFixedContextForCausalLM(SelfContainedCheckpoint, PreTrainedModel, GenerationMixin):
     """A causal LM whose every prediction reads the last `config.context_size` tokens (the Tiny-LM baselines).
     Subclasses give `window_logits(input_ids, keep)`: logits for every position, where `keep` (batch, seq, 1) is 0 on
@@ -555,6 +562,4 @@ class MtlmFixedContextForCausalLM(SelfContainedCheckpoint, PreTrainedModel, Gene
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        window = slice(-self.config.context_size, None)
-        return {"input_ids": input_ids[:, window],
-                "attention_mask": attention_mask[:, window] if attention_mask is not None else None}
+        return window_inputs(input_ids, attention_mask, self.config.context_size)

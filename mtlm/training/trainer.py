@@ -41,6 +41,8 @@ class MtlmTrainer(Trainer):
     """The HF Trainer with weight decay on matrices only, a stop at the first non-finite loss, and logs that carry
     cumulative training FLOPs, perplexity beside every evaluation loss, and MoE's auxiliary loss on its own."""
 
+    _staging_run_dir: Path | None = None  # while a checkpoint is written: the folder that stands for the run folder
+
     def get_decay_parameter_names(self, model) -> list[str]:
         # Matrices (linear weights, embeddings, experts) decay; norms, biases and other vectors do not.
         return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
@@ -90,11 +92,10 @@ class MtlmTrainer(Trainer):
             super()._push_from_checkpoint(str(folder))
 
     def _get_output_dir(self, trial) -> str:
-        staging_run_dir = getattr(self, "_staging_run_dir", None)
-        return str(staging_run_dir) if staging_run_dir else super()._get_output_dir(trial)
+        return str(self._staging_run_dir) if self._staging_run_dir else super()._get_output_dir(trial)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        if not getattr(self, "_staging_run_dir", None):  # a staged checkpoint is pushed once it is in place
+        if not self._staging_run_dir:  # a staged checkpoint is pushed once it is in place
             super()._push_from_checkpoint(checkpoint_folder)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
