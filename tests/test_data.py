@@ -272,3 +272,15 @@ def test_a_word_tokenizer_keeps_the_most_frequent_words_and_loads_with_auto_toke
     assert AutoTokenizer.from_pretrained(tmp_path / "words").get_vocab() == vocabulary
     with pytest.raises(ValueError, match="max_vocab=4 leaves no room for words"):
         word_tokenizer([corpus], max_vocab=4)
+
+
+def test_a_word_tokenizer_numbers_its_ids_without_gaps_when_the_text_holds_unk_itself():
+    from mtlm.data.tokenization import word_tokenizer
+
+    corpus = "the <unk> sat on the <unk> .\n" * 5  # PTB marks its rare words <unk> in the text
+    tokenizer = word_tokenizer([corpus], max_vocab=100)
+    ids = sorted(tokenizer.get_vocab().values())
+    assert ids == list(range(len(tokenizer))), ids
+    encoded = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    assert max(encoded) < len(tokenizer) and tokenizer.convert_ids_to_tokens(encoded[:3]) == ["the", "<unk>", "sat"]
+    assert tokenizer.convert_tokens_to_ids(["<pad>", "<bos>", "<eos>", "<unk>"]) == [0, 1, 2, 3]

@@ -176,6 +176,23 @@ def test_flops_are_counted_like_the_decoders(tmp_path):
         assert family.flops_per_token(model.config, 12) == model.forward_flops_per_token(12)
 
 
+def test_the_mlp_starts_with_pytorchs_scales_so_its_signal_reaches_the_head():
+    """No norm sits between the MLP's layers: at transformers' N(0, 0.02) the last hidden layer's activations are
+    about 1e-4 and training stalls; PyTorch's defaults (the seed's) keep them about 0.07."""
+    from mtlm.configuration.presets import preset_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(preset_config("tlm-mlp-256")).eval()
+    assert abs(model.embed_tokens.weight.std().item() - 1.0) < 0.1
+    first = model.hidden[0]
+    assert first.weight.abs().max().item() <= 1 / first.in_features**0.5
+    last_hidden = []
+    model.hidden[-1].register_forward_hook(lambda module, inputs, output: last_hidden.append(output))
+    with torch.no_grad():
+        model(torch.randint(0, model.config.vocab_size, (2, 128)))
+    assert last_hidden[0][:, 64:].std().item() > 0.03
+
+
 def test_the_seeds_parameter_counts_hold_with_its_65_characters():
     """Tiny-LM counts with the 65 characters of Tiny Shakespeare (its Linear also counts a fixed identity embedding
     of 65 x 65, which mtlm's one-hot does not need)."""

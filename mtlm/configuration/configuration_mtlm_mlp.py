@@ -26,7 +26,6 @@ class MtlmMLPConfig(PreTrainedConfig):
     hidden_act: str = "gelu"
     hidden_dropout: float = 0.1
     max_position_embeddings: int = 2048
-    initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = False
     pad_token_id: int | None = None

@@ -106,6 +106,11 @@ def word_tokenizer(texts: Iterable[str], max_vocab: int) -> PreTrainedTokenizerF
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins the words with spaces
     trainer = trainers.WordLevelTrainer(vocab_size=max_vocab, special_tokens=specials, show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    # A word spelled as a special token (PTB's own <unk>) takes a second id in the trainer's vocabulary, leaving a
+    # gap below len(vocabulary): number the tokens again, specials first.
+    trained = tokenizer.get_vocab()
+    ordered = specials + [token for token in sorted(trained, key=trained.get) if token not in specials]
+    tokenizer.model = models.WordLevel({token: index for index, token in enumerate(ordered)}, unk_token=UNK)
     return _wrap(tokenizer, unk=True)
 
 

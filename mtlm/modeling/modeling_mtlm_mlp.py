@@ -1,7 +1,10 @@
 """`mtlm_mlp`: the embeddings of a fixed context, concatenated, through a GELU MLP (Tiny-LM's MLP baseline)."""
 
+import math
+
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 from .configuration_mtlm_mlp import MtlmMLPConfig
@@ -22,6 +25,17 @@ class MtlmMLPForCausalLM(MtlmFixedContextForCausalLM):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.lm_head = nn.Linear(config.hidden_sizes[-1], config.vocab_size)
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """PyTorch's defaults, as the seed: N(0, 1) embeddings and fan-in uniform linear layers. With no norm between
+        layers, transformers' fixed N(0, 0.02) would shrink the signal at every layer and stall the start."""
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.Linear):
+            bound = 1 / math.sqrt(module.in_features)
+            init.uniform_(module.weight, -bound, bound)
+            init.uniform_(module.bias, -bound, bound)
 
     def window_logits(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """input_ids: (batch, seq); keep: (batch, seq, 1) -> logits (batch, seq, vocab)."""
