@@ -41,6 +41,7 @@ from mtlm.configuration.presets import preset_config  # noqa: E402
 from mtlm.evaluation.perplexity import perplexity  # noqa: E402
 from mtlm.families import family_of  # noqa: E402
 from mtlm.files import atomic_file, staged  # noqa: E402
+from mtlm.modeling.mtlm_blocks import MtlmFixedContextForCausalLM  # noqa: E402
 from mtlm.training import run_config  # noqa: E402
 from mtlm.training.datasets import load_texts  # noqa: E402
 from mtlm.training.trainer import train  # noqa: E402
@@ -96,10 +97,9 @@ def sliding_test_loss(model, tokenizer, test_text: str, stride: int | None) -> d
     windows one shorter than its positions (in training blocks of max_position_embeddings the last position has no
     next token, so it never learns to predict)."""
     config = model.config
-    context = getattr(config, "context_size", None)
-    if context is not None:
+    if isinstance(model, MtlmFixedContextForCausalLM):  # mtlm_attention's config has a context_size too
         max_length = min(config.max_position_embeddings, 1024)
-        stride = max_length - context + 1
+        stride = max_length - config.context_size + 1
     else:
         max_length = config.max_position_embeddings - 1
     result = perplexity(model, tokenizer, [test_text], max_length=max_length, stride=stride, batch_size=16,
