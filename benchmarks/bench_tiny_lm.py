@@ -76,6 +76,7 @@ ARCHITECTURES = [
 ]
 # Word level: trained on the validation split (the training splits are not available offline), scored on test.
 WORD_CORPORA = {"ptb": 4.814, "wikitext-2": 4.180}  # the seed's test nats/word, trained on the real training split
+WORD_STRIDE = 64  # a word-level window of 127 advances by 64: every word scored after at least 63 of context
 COLORS = {"Linear": "tab:gray", "MLP": "tab:blue", "Self-attention": "tab:orange", "Transformer": "tab:green"}
 
 
@@ -107,6 +108,11 @@ def sliding_test_loss(model, tokenizer, test_text: str, stride: int | None) -> d
     return {"loss": result["loss"], "min_context": max_length - stride + 1, "word_perplexity": result["word_perplexity"]}
 
 
+def split_texts(run: dict) -> dict[str, str]:
+    """The whole text of each split of the run's data."""
+    return {split: "".join(rows["text"]) for split, rows in load_texts(run["data"]).items()}
+
+
 def run_one(run: dict, stride: int | None) -> dict:
     started = time.perf_counter()
     trainer = train(run, overwrite=True)
@@ -114,12 +120,13 @@ def run_one(run: dict, stride: int | None) -> dict:
     history = trainer.state.log_history
     points = trajectory(history)
     best = min(points, key=lambda p: p["eval_loss"]) if points else None
-    test_text = "".join(load_texts(run["data"])["test"]["text"])
+    texts = split_texts(run)
     return {
         "parameters": trainer.model.num_parameters(),
+        "train_characters": len(texts["train"]),
         "test_blocks": next(e["test_loss"] for e in history if "test_loss" in e),
-        "test_sliding": sliding_test_loss(trainer.model, trainer.processing_class, test_text, stride),
-        "training_flops": history[-1]["flos"] if "flos" in history[-1] else points[-1]["flops"],
+        "test_sliding": sliding_test_loss(trainer.model, trainer.processing_class, texts["test"], stride),
+        "training_flops": trainer.state.total_flos,
         "best_epoch": best and best["epoch"],
         "best_flops": best and best["flops"],
         "epochs": trainer.state.epoch,
@@ -150,8 +157,7 @@ def character_runs(args, results: dict) -> None:
                                                         f"training.output_dir={args.runs / preset}"])
             print(f"=== {preset} ===", flush=True)
             row = run_one(run, architecture.sliding_stride)
-            train_characters = len("".join(load_texts(run["data"])["train"]["text"]))
-            row["seed_budget_flops"] = seed_budget(architecture, preset, train_characters)
+            row["seed_budget_flops"] = seed_budget(architecture, preset, row["train_characters"])
             results["char"][preset] = row
             save(results, args.results)
 
@@ -168,7 +174,7 @@ def word_runs(args, results: dict) -> None:
                                            f"data.files.test={folder / 'test.txt'}",
                                            f"training.output_dir={args.runs / corpus}"])
         print(f"=== word level: {corpus} ===", flush=True)
-        row = run_one(run, stride=64)
+        row = run_one(run, stride=WORD_STRIDE)
         results["word"][corpus] = row
         save(results, args.results)
 
@@ -182,9 +188,9 @@ def rescore(args, results: dict) -> None:
             folder = args.runs / name
             run = run_config.load(folder / "run_config.yaml")
             model = AutoModelForCausalLM.from_pretrained(folder).eval()
-            stride = architecture_of(name).sliding_stride if kind == "char" else 64
-            test_text = "".join(load_texts(run["data"])["test"]["text"])
-            row["test_sliding"] = sliding_test_loss(model, AutoTokenizer.from_pretrained(folder), test_text, stride)
+            stride = architecture_of(name).sliding_stride if kind == "char" else WORD_STRIDE
+            row["test_sliding"] = sliding_test_loss(model, AutoTokenizer.from_pretrained(folder),
+                                                    split_texts(run)["test"], stride)
             print(f"{name}: sliding test loss {row['test_sliding']['loss']:.4f}")
             save(results, args.results)
 
