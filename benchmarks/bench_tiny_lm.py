@@ -219,7 +219,7 @@ def table(results: dict) -> str:
                 f"| {architecture.name} | `{preset}` | {row['parameters']:,} | {mark}{ours(preset, row):.3f}{mark} "
                 f"| {seed_loss:.3f} | {row['test_sliding']['loss']:.3f} / {row['test_blocks']:.3f} "
                 f"| {row['epochs']:.0f} ({row['best_epoch']:.0f}) | {row['training_flops']:.2e} "
-                f"| {row['seed_budget_flops']:.2e} | {row['training_flops'] / row['seed_budget_flops']:.2f} "
+                f"| {row['seed_budget_flops']:.2e} | {row['training_flops'] / row['seed_budget_flops']:.2g} "
                 f"| {row['wall_s'] / 60:.1f} min |")
     if results["word"]:
         lines += ["", "| word level (Transformer L4, vocabulary 10,000) | params | test nats/word, trained on the "
