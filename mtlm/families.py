@@ -16,6 +16,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2LMHeadModel,
     LlamaForCausalLM,
     MixtralForCausalLM,
@@ -25,12 +26,16 @@ from transformers import (
 
 from . import upstream
 from .configuration.configuration_mtlm_attention import MtlmAttentionConfig
+from .configuration.configuration_mtlm_byte import MtlmByteConfig
 from .configuration.configuration_mtlm_gpt import MtlmGPTConfig
 from .configuration.configuration_mtlm_linear import MtlmLinearConfig
 from .configuration.configuration_mtlm_llama import MtlmLlamaConfig
 from .configuration.configuration_mtlm_mlp import MtlmMLPConfig
 from .configuration.configuration_mtlm_moe import MtlmMoeConfig
+from .data.tokenization_mtlm_byte import MtlmByteTokenizer
+from .modeling import modeling_mtlm_byte
 from .modeling.modeling_mtlm_attention import MtlmAttentionForCausalLM, MtlmAttentionModel
+from .modeling.modeling_mtlm_byte import MtlmByteForCausalLM, MtlmByteModel
 from .modeling.modeling_mtlm_gpt import MtlmGPTForCausalLM, MtlmGPTModel
 from .modeling.modeling_mtlm_linear import MtlmLinearForCausalLM
 from .modeling.modeling_mtlm_llama import MtlmLlamaForCausalLM, MtlmLlamaModel
@@ -191,8 +196,30 @@ register_family(Family(
     residual_outputs=("self_attn.o_proj",),
 ))
 
+# STLM's byte model: growth deepens its core.
+register_family(Family(
+    MtlmByteConfig, MtlmByteModel, MtlmByteForCausalLM,
+    describe=lambda config: (f"bytes pooled into {config.chunk_boundary} chunks of at most {config.max_chunk_bytes} "
+                             f"by a bidirectional encoder, a {_LLAMA_STYLE} core over the chunks, a "
+                             f"{config.decoder_type} byte decoder"),
+    flops_per_token=modeling_mtlm_byte.flops_per_token,
+    card_rows=lambda config: [
+        ("chunks", f"{config.chunk_boundary} boundaries, at most {config.max_chunk_bytes} ids"),
+        ("encoder widths", " → ".join(map(str, config.encoder_hidden_sizes)) + f" ({config.pooling} pooling)"),
+        *decoder_rows(config), *_rotary_row(config),
+        ("byte decoder", f"{config.decoder_type}, {config.decoder_num_hidden_layers} layers of "
+                         f"{config.decoder_hidden_size}"),
+    ],
+    layers="model.core.layers",
+))
+AutoTokenizer.register(MtlmByteConfig, tokenizer_class=MtlmByteTokenizer, exist_ok=True)
+
 __all__ = [
     "FAMILIES",
+    "MtlmByteConfig",
+    "MtlmByteForCausalLM",
+    "MtlmByteModel",
+    "MtlmByteTokenizer",
     "MtlmAttentionConfig",
     "MtlmAttentionForCausalLM",
     "MtlmAttentionModel",

@@ -1,5 +1,5 @@
 """The code files that travel into checkpoint folders (and run under trust_remote_code) import only torch,
-transformers, the standard library and their flat siblings, and run nothing else: no exec or eval, no subprocess,
+transformers (and tokenizers, which it requires), the standard library and their flat siblings, and run nothing else: no exec or eval, no subprocess,
 no network. Nowhere in mtlm is a pickle loaded, or torch.load called without weights_only=True."""
 
 import ast
@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from mtlm.data import tokenization_mtlm_byte
 from mtlm.families import FAMILIES
 from mtlm.modeling.mtlm_blocks import code_files
 
 PACKAGE = Path(__file__).parents[1] / "mtlm"
 TRAVELLING = sorted({path for family in FAMILIES.values()
-                     for path in code_files(family.config_class, family.causal_lm_class)})
+                     for path in code_files(family.config_class, family.causal_lm_class)} |
+                    {tokenization_mtlm_byte.__file__})
 RUNS_OTHER_CODE = {"exec", "eval", "compile", "__import__", "breakpoint"}
 FORBIDDEN_MODULES = {"subprocess", "socket", "urllib", "http", "requests", "httpx", "ftplib", "smtplib", "pickle",
                      "marshal", "shelve", "multiprocessing", "ctypes", "importlib.util"}
@@ -52,7 +54,7 @@ def test_a_travelling_code_file_imports_only_torch_transformers_the_standard_lib
                 (PACKAGE / "configuration" / f"{module}.py").is_file(), f"{path}: no sibling {module}"
             continue
         top = module.split(".")[0]
-        assert top in ("torch", "transformers") or top in sys.stdlib_module_names, f"{path} imports {module}"
+        assert top in ("torch", "transformers", "tokenizers") or top in sys.stdlib_module_names, f"{path} imports {module}"
         assert module not in FORBIDDEN_MODULES and top not in FORBIDDEN_MODULES, f"{path} imports {module}"
 
 

@@ -181,6 +181,27 @@ PRESETS = {
             dict(_TLM_CHARACTERS, hidden_size=128, num_attention_heads=4, num_hidden_layers=layers,
                  intermediate_size=512, max_position_embeddings=128, hidden_act="gelu"),
         ) for layers in (2, 4, 6)],
+        Preset(
+            "stlm-byte",
+            "mtlm_byte",
+            "STLM byte_level: GPT-2-token chunks of 12 bytes, encoder 128→256→256→256→768 with STLM's mean over pads, "
+            "core 10 layers d768 16 heads (4 kv) SwiGLU 1536, parallel decoder 7 layers d128",
+            dict(chunk_boundary="bpe", max_chunk_bytes=12, encoder_hidden_sizes=[128, 256, 256, 256, 768],
+                 encoder_num_attention_heads=8, pooling="stlm", hidden_size=768, num_hidden_layers=10,
+                 num_attention_heads=16, num_key_value_heads=4, intermediate_size=1536,
+                 max_position_embeddings=512 * 12, hidden_dropout=0.1, decoder_type="parallel",
+                 decoder_hidden_size=128, decoder_num_hidden_layers=7, decoder_num_attention_heads=8,
+                 local_intermediate_ratio=3, reconstruction_loss_weight=1.0),
+        ),
+        Preset(
+            "byte-small",
+            "mtlm_byte",
+            "CPU-sized mtlm_byte: BPE chunks of 12, encoder 64→128→256 (mean over real bytes), core 4 layers d256, "
+            "causal decoder 2 layers d128",
+            dict(chunk_boundary="bpe", max_chunk_bytes=12, encoder_hidden_sizes=[64, 128, 256], hidden_size=256,
+                 num_hidden_layers=4, num_attention_heads=4, intermediate_size=768, max_position_embeddings=1024,
+                 decoder_type="causal", decoder_hidden_size=128, decoder_num_hidden_layers=2),
+        ),
     ]
 }
 

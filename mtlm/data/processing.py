@@ -17,7 +17,10 @@ from .sources import require_text
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids straight from the Rust tokenizer (no offsets, no Python-side post-processing)."""
+    """Token ids straight from the Rust tokenizer (no offsets, no Python-side post-processing); a Python tokenizer
+    (mtlm_byte's) encodes them itself."""
+    if not tokenizer.is_fast:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
     try:
         return [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
     except Exception as error:  # tokenizers raises a bare Exception for text its vocabulary cannot encode

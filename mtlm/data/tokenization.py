@@ -5,18 +5,21 @@
 - byte: one id per UTF-8 byte (0-255), then the specials; lossless for any text;
 - char: one id per character of a corpus, plus specials and <unk>;
 - bpe: byte-level BPE trained with tokenizers' BpeTrainer;
-- word: words and punctuation marks (line breaks are words too), the most frequent up to a cap, <unk> for the rest.
+- word: words and punctuation marks (line breaks are words too), the most frequent up to a cap, <unk> for the rest;
+- byte_chunks: `mtlm_byte`'s bytes and end-of-chunk marks (`MtlmByteTokenizer`, which travels as remote code), with
+  chunk boundaries from a BPE trained on the corpus, from a tokenizer folder, or after spaces.
 """
 
 import os
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..errors import UsageError
 from ..files import read_text
+from .tokenization_mtlm_byte import MtlmByteTokenizer
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 ARITHMETIC_SYMBOLS = [str(digit) for digit in range(10)] + ["+", "-", "*", "/", "="]
@@ -114,6 +117,22 @@ def word_tokenizer(texts: Iterable[str], max_vocab: int) -> PreTrainedTokenizerF
     return _wrap(tokenizer, unk=True)
 
 
+def byte_chunk_tokenizer(texts: Iterable[str], chunk_boundary: str = "bpe", max_chunk_bytes: int = 12,
+                         vocab_size: int | None = None, boundary_path: str | None = None) -> MtlmByteTokenizer:
+    """Bytes and chunk marks. With `chunk_boundary="bpe"` the chunks are the tokens of the tokenizer folder
+    `boundary_path`, or else of a byte-level BPE of `vocab_size` (default 2048) trained on `texts`."""
+    boundary = None
+    if chunk_boundary == "bpe":
+        boundary = (AutoTokenizer.from_pretrained(boundary_path) if boundary_path
+                    else bpe_tokenizer(texts, vocab_size or 2048))
+        if not boundary.is_fast:
+            raise UsageError(f"{boundary_path} has no tokenizer.json: chunk boundaries come from a `tokenizers` "
+                             "(fast) tokenizer; give a folder with one, or leave tokenizer.path out to train a BPE.")
+        boundary = boundary.backend_tokenizer
+    return MtlmByteTokenizer(boundary_tokenizer=boundary, chunk_boundary=chunk_boundary,
+                             max_chunk_bytes=max_chunk_bytes)
+
+
 def read_corpus(path: str | os.PathLike) -> str:
     """The exact text of a corpus file (line endings as they are), with a clear error for a missing, empty or
     non-UTF-8 one."""
@@ -124,9 +143,10 @@ def read_corpus(path: str | os.PathLike) -> str:
 
 
 def make_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None = None,
-                   max_vocab: int | None = None) -> PreTrainedTokenizerFast:
-    """The tokenizer of `kind` ("arithmetic", "byte", "char", "bpe" with `vocab_size`, or "word" with `max_vocab`);
-    char, bpe and word learn from `texts`."""
+                   max_vocab: int | None = None, **chunking) -> PreTrainedTokenizerFast | MtlmByteTokenizer:
+    """The tokenizer of `kind` ("arithmetic", "byte", "char", "bpe" with `vocab_size`, "word" with `max_vocab`, or
+    "byte_chunks" with the arguments of `byte_chunk_tokenizer`); char, bpe, word and BPE-bounded byte_chunks learn
+    from `texts`."""
     if kind == "arithmetic":
         return arithmetic_tokenizer()
     if kind == "byte":
@@ -141,4 +161,6 @@ def make_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None 
         if max_vocab is None:
             raise UsageError("A word tokenizer needs max_vocab, the cap on its vocabulary (specials included).")
         return word_tokenizer(texts, max_vocab)
-    raise ValueError(f"Unknown tokenizer kind {kind!r}: choose arithmetic, byte, char, bpe or word.")
+    if kind == "byte_chunks":
+        return byte_chunk_tokenizer(texts, vocab_size=vocab_size, **chunking)
+    raise ValueError(f"Unknown tokenizer kind {kind!r}: choose arithmetic, byte, byte_chunks, char, bpe or word.")

@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ..configuration.presets import preset_config
+from ..configuration.presets import PRESETS, preset_config
 from ..errors import UsageError
 from ..files import check_checkpoint_files
 from . import run_config
@@ -16,7 +16,9 @@ def build_model_config(model: dict, tokenizer):
         if config.vocab_size != len(tokenizer):
             raise UsageError(f"{model['init_from']} has vocab_size={config.vocab_size} but the tokenizer has "
                              f"{len(tokenizer)} ids: leave the tokenizer section out to use the checkpoint's own.")
+        chunking_of(config.model_type, tokenizer, config.to_dict())
         return config
+    model_type = PRESETS[model["preset"]].model_type if "preset" in model else model["model_type"]
     special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                    eos_token_id=tokenizer.eos_token_id)
     if "vocab_size" in fields and fields["vocab_size"] != len(tokenizer):
@@ -24,10 +26,30 @@ def build_model_config(model: dict, tokenizer):
             f"model.vocab_size={fields['vocab_size']} does not fit the tokenizer's {len(tokenizer)} ids: drop "
             "model.vocab_size (it is taken from the tokenizer) or use the matching tokenizer."
         )
-    fields = {**special, **fields, "vocab_size": len(tokenizer)}
+    fields = {**special, **chunking_of(model_type, tokenizer, fields), **fields, "vocab_size": len(tokenizer)}
     if "preset" in model:
         return preset_config(model["preset"], **fields)
     return AutoConfig.for_model(model["model_type"], **fields)
+
+
+CHUNK_FIELDS = ("chunk_boundary", "max_chunk_bytes", "end_of_chunk_token_id")
+
+
+def chunking_of(model_type: str, tokenizer, fields: dict) -> dict:
+    """How an `mtlm_byte` model cuts chunks, as its tokenizer marks them; {} for the other families. A model field that
+    disagrees with the tokenizer is an error."""
+    if model_type != "mtlm_byte":
+        return {}
+    if not hasattr(tokenizer, "chunk_boundary"):
+        raise UsageError("An mtlm_byte model reads bytes and chunk marks: set tokenizer.kind: byte_chunks (with "
+                         "tokenizer.chunk_boundary: bpe or space).")
+    chunking = dict(chunk_boundary=tokenizer.chunk_boundary, max_chunk_bytes=tokenizer.max_chunk_bytes,
+                    end_of_chunk_token_id=tokenizer.end_of_chunk_token_id)
+    for key, value in chunking.items():
+        if key in fields and fields[key] != value:
+            raise UsageError(f"model.{key}={fields[key]!r} disagrees with the tokenizer's {value!r}: the tokenizer "
+                             f"marks the chunks, so drop model.{key} (and set tokenizer.{key}, where the tokenizer has it).")
+    return chunking
 
 
 def build_model(config, init_from: str | None = None):

@@ -35,7 +35,7 @@ def unknown_characters(tokenizer, text: str) -> list[str]:
 def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
            top_p: float = 1.0) -> str:
     """The prompt and its continuation (never past the model's context): sampled, or greedy when `temperature` is
-    0. An empty prompt starts from the tokenizer's bos token."""
+    0. An empty prompt starts from the tokenizer's bos token. Bytes that are not UTF-8 show as U+FFFD."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     if inputs["input_ids"].shape[1] == 0:
@@ -53,7 +53,13 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                 **sampling)
     model.train(was_training)
-    return tokenizer.decode(output[0], skip_special_tokens=True)
+    return printable(tokenizer.decode(output[0], skip_special_tokens=True))
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes a byte model generated that are not UTF-8 (decoded as lone surrogates) shown as U+FFFD,
+    so that it prints and saves anywhere."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def plot_losses(log_history: list[dict], path: Path) -> None:

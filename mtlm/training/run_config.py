@@ -24,8 +24,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the 
 DEFAULT_CONFIG = "shakespeare-char"
 
 # The keys of the smaller sections, each with the type its value must have.
-TOKENIZER_KEYS = {"kind": str, "vocab_size": int, "max_vocab": int, "path": str}
-TOKENIZER_KINDS = {"arithmetic", "byte", "char", "bpe", "word", "pretrained"}
+TOKENIZER_KEYS = {"kind": str, "vocab_size": int, "max_vocab": int, "path": str, "chunk_boundary": str,
+                  "max_chunk_bytes": int}
+TOKENIZER_KINDS = {"arithmetic", "byte", "byte_chunks", "char", "bpe", "word", "pretrained"}
 DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "splits": dict[str, float] | list[str],
              "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
@@ -39,6 +40,7 @@ MINIMUM = {"training.per_device_train_batch_size": 1, "training.per_device_eval_
            "training.gradient_accumulation_steps": 1, "training.logging_steps": 0, "training.save_steps": 0,
            "training.learning_rate": 0, "training.num_train_epochs": 0, "data.block_size": 2, "data.num_proc": 1,
            "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1, "tokenizer.vocab_size": 1, "tokenizer.max_vocab": 5,
+           "tokenizer.max_chunk_bytes": 2,
            "flax.data_parallel": 1, "flax.fsdp": 1, "early_stopping.patience": 1, "early_stopping.threshold": 0}
 SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping")
 

@@ -1,0 +1,397 @@
+"""`mtlm_byte`: STLM's byte-level model. The ids (bytes, specials and end-of-chunk marks) form chunks; a small
+bidirectional encoder pools each chunk's bytes into one vector, the `mtlm_llama` decoder runs causally over the chunk
+vectors, and a byte decoder spells out the next chunk from the core's output — each byte of it on its own
+(`parallel`, STLM) or given the chunk's earlier bytes (`causal`).
+
+To the outside it is a causal LM over ids: logits at position t are the distribution of id t + 1 given ids <= t, so
+generate(), the Trainer, lm-eval and bits per byte see an ordinary model. Chunk boundaries depend only on the ids up
+to and including a chunk's last one, which is what keeps the whole model causal.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_mtlm_byte import MtlmByteConfig
+from .configuration_mtlm_llama import MtlmLlamaConfig
+from .modeling_mtlm_llama import MtlmLlamaModel
+from .mtlm_blocks import (
+    MtlmDecoderLayer,
+    MtlmGatedMLP,
+    MtlmPreTrainedModel,
+    MtlmRMSNorm,
+    check_token_ids,
+    decoder_flops_per_token,
+    residual_dropout,
+)
+
+# SpaceByte's rule: a chunk ends after a space-like byte (tab, line feed, vertical tab, form feed, carriage return,
+# space).
+SPACE_BYTES = (9, 10, 11, 12, 13, 32)
+
+
+@dataclass
+class ChunkLayout:
+    """Where every position of a batch of ids sits in the chunk grid.
+
+    chunk, slot: (batch, seq) — the position's chunk and its slot inside the chunk;
+    ends: (batch, seq) bool — the position is the last of its chunk;
+    grid: (batch, chunks, slots) — the ids laid out by chunk, pad id where no position lands;
+    occupied: (batch, chunks, slots) bool — a position lands there;
+    real_chunks: (batch, chunks) bool — the chunk holds a position that is not padding;
+    """
+
+    chunk: torch.Tensor
+    slot: torch.Tensor
+    ends: torch.Tensor
+    grid: torch.Tensor
+    occupied: torch.Tensor
+    real_chunks: torch.Tensor
+
+    @property
+    def next_chunk(self) -> torch.Tensor:
+        """(batch, seq): the chunk of the id after each position."""
+        return self.chunk + self.ends.long()
+
+    @property
+    def next_slot(self) -> torch.Tensor:
+        """(batch, seq): the slot of the id after each position."""
+        return torch.where(self.ends, 0, self.slot + 1)
+
+
+def chunk_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, config: MtlmByteConfig) -> ChunkLayout:
+    """Cut a batch of ids into chunks. A chunk ends at a special id, at padding, after a space-like byte when
+    `chunk_boundary == "space"`, and when it is `max_chunk_bytes` long (a longer run is split, never truncated).
+    input_ids, attention_mask: (batch, seq)."""
+    batch, length = input_ids.shape
+    specials = torch.tensor([getattr(config, name) for name in config.special_id_fields], device=input_ids.device)
+    natural_end = torch.isin(input_ids, specials) | (attention_mask == 0)
+    if config.chunk_boundary == "space":
+        natural_end |= torch.isin(input_ids, torch.tensor(SPACE_BYTES, device=input_ids.device))
+    positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+    starts = torch.ones_like(natural_end)
+    starts[:, 1:] = natural_end[:, :-1]
+    run_start = torch.cummax(torch.where(starts, positions, 0), dim=1).values
+    slot = (positions - run_start) % config.max_chunk_bytes
+    ends = natural_end | (slot == config.max_chunk_bytes - 1)
+    chunk = torch.cumsum(ends.long(), dim=1) - ends.long()
+    num_chunks = int(chunk[:, -1].max()) + 1 if length else 0
+    slots = int(slot.max()) + 1 if length else 1
+    flat = (torch.arange(batch, device=input_ids.device)[:, None] * num_chunks + chunk) * slots + slot
+    grid = torch.full((batch * num_chunks * slots,), config.pad_token_id, dtype=input_ids.dtype,
+                      device=input_ids.device)
+    grid[flat.flatten()] = input_ids.flatten()
+    occupied = torch.zeros(batch * num_chunks * slots, dtype=torch.bool, device=input_ids.device)
+    occupied[flat.flatten()] = True
+    real = torch.zeros(batch * num_chunks, dtype=torch.bool, device=input_ids.device)
+    real[(flat // slots).flatten()[attention_mask.flatten() != 0]] = True
+    shape = (batch, num_chunks, slots)
+    return ChunkLayout(chunk, slot, ends, grid.view(shape), occupied.view(shape), real.view(batch, num_chunks))
+
+
+def local_config(config: MtlmByteConfig, width: int, heads: int, layers: int, slots: int) -> MtlmLlamaConfig:
+    """The config of the encoder's or decoder's blocks: `mtlm_llama` blocks at their own width, over one chunk's
+    slots. They run eager attention when the model does, SDPA otherwise (their masks are additive)."""
+    blocks = MtlmLlamaConfig(
+        vocab_size=1, hidden_size=width, intermediate_size=config.local_intermediate_ratio * width,
+        num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=slots,
+        initializer_range=config.initializer_range, scale_residual_init=config.scale_residual_init,
+        rms_norm_eps=config.rms_norm_eps, attention_dropout=config.attention_dropout,
+        hidden_dropout=config.hidden_dropout, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    )
+    blocks._attn_implementation = "eager" if config._attn_implementation == "eager" else "sdpa"
+    return blocks
+
+
+def local_block(config: MtlmLlamaConfig, index: int, causal: bool) -> MtlmDecoderLayer:
+    """An `mtlm_llama` block over a chunk's slots, attending causally or both ways."""
+    block = MtlmDecoderLayer(config, index, MtlmGatedMLP(config))
+    block.self_attn.is_causal = causal
+    return block
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """allowed: (n, q, k) bool -> (n, 1, q, k): 0 where attention is allowed, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
+
+
+class MtlmByteEncoder(nn.Module):
+    """Bytes of each chunk -> one vector per chunk: byte embeddings plus slot positions, bidirectional blocks that
+    may widen, a norm, the mean over the slots, and the map to the core width."""
+
+    def __init__(self, config: MtlmByteConfig):
+        super().__init__()
+        self.pooling = config.pooling
+        self.pad_token_id = config.pad_token_id
+        widths = config.encoder_hidden_sizes
+        self.byte_embeddings = nn.Embedding(config.vocab_size, widths[0])
+        self.slot_embeddings = nn.Embedding(config.max_chunk_bytes, widths[0])
+        blocks = config.encoder_block_widths
+        self.layers = nn.ModuleList([
+            local_block(local_config(config, width, config.encoder_num_attention_heads, len(blocks),
+                                     config.max_chunk_bytes), index, causal=False)
+            for index, width in enumerate(blocks)
+        ])
+        self.widen = nn.ModuleList(
+            [nn.Linear(width, wider, bias=False) if wider != width else nn.Identity()
+             for width, wider in zip(widths[:-1], widths[1:])]
+        )
+        self.norm = MtlmRMSNorm(blocks[-1], eps=config.rms_norm_eps)
+        self.hidden_dropout = config.hidden_dropout
+
+    def forward(self, grid: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+        """grid, occupied: (batch, chunks, slots) -> chunk vectors (batch, chunks, hidden)."""
+        batch, chunks, _ = grid.shape
+        if self.pooling == "stlm":
+            # STLM's encoder sees all slots, pads included, and averages over all of them.
+            grid = nn.functional.pad(grid, (0, self.slot_embeddings.num_embeddings - grid.shape[-1]),
+                                     value=self.pad_token_id)
+            occupied = torch.ones_like(grid, dtype=torch.bool)
+        slots = grid.shape[-1]
+        grid, occupied = grid.view(batch * chunks, slots), occupied.view(batch * chunks, slots)
+        hidden_states = self.byte_embeddings(grid) + self.slot_embeddings.weight[:slots]
+        hidden_states = residual_dropout(hidden_states, self.hidden_dropout, self.training)
+        mask = None if self.pooling == "stlm" else additive_mask(
+            occupied[:, None, :].expand(-1, slots, -1), hidden_states.dtype)
+        for index, block in enumerate(self.layers):
+            hidden_states = block(hidden_states, attention_mask=mask)
+            if index < len(self.layers) - 1:
+                hidden_states = self.widen[index](hidden_states)
+        hidden_states = self.norm(hidden_states)
+        weights = occupied.to(hidden_states.dtype)[..., None]
+        # A chunk past the end of a shorter row is empty: it pools to zeros, which the core never attends to.
+        pooled = (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.widen[-1](pooled).view(batch, chunks, -1)
+
+
+class MtlmByteDecoder(nn.Module):
+    """A context vector per chunk -> a hidden state per slot of that chunk: a linear map to `max_chunk_bytes` slot
+    vectors plus slot positions, then blocks — bidirectional over the slots (`parallel`, STLM), or causal with each
+    slot also reading the id before it (`causal`)."""
+
+    def __init__(self, config: MtlmByteConfig):
+        super().__init__()
+        width, slots = config.decoder_hidden_size, config.max_chunk_bytes
+        self.causal = config.decoder_type == "causal"
+        self.slots = slots
+        self.context_to_slots = nn.Linear(config.hidden_size, slots * width, bias=False)
+        self.slot_embeddings = nn.Embedding(slots, width)
+        if self.causal:
+            # One more id than the vocabulary: the "nothing before" of a chunk's first slot.
+            self.previous_byte_embeddings = nn.Embedding(config.vocab_size + 1, width)
+        block_config = local_config(config, width, config.decoder_num_attention_heads,
+                                    config.decoder_num_hidden_layers, slots)
+        self.layers = nn.ModuleList([local_block(block_config, index, causal=self.causal)
+                                     for index in range(config.decoder_num_hidden_layers)])
+        self.norm = MtlmRMSNorm(width, eps=config.rms_norm_eps)
+        self.hidden_dropout = config.hidden_dropout
+
+    def forward(self, contexts: torch.Tensor, chunk_ids: torch.Tensor | None, slots: int) -> torch.Tensor:
+        """contexts: (batch, chunks, hidden); chunk_ids: (batch, chunks, >= slots - 1), the ids of each chunk, read by
+        the causal decoder (slot s reads id s - 1). Returns (batch, chunks, slots, decoder width) for the first
+        `slots` slots; the causal decoder computes just those, the parallel one all of them."""
+        batch, chunks, _ = contexts.shape
+        computed = slots if self.causal else self.slots
+        hidden_states = self.context_to_slots(contexts).view(batch * chunks, self.slots, -1)[:, :computed]
+        hidden_states = hidden_states + self.slot_embeddings.weight[:computed]
+        if self.causal:
+            start = torch.full((batch, chunks, 1), self.previous_byte_embeddings.num_embeddings - 1,
+                               dtype=chunk_ids.dtype, device=chunk_ids.device)
+            previous = torch.cat([start, chunk_ids[..., : computed - 1]], dim=-1).view(batch * chunks, computed)
+            hidden_states = hidden_states + self.previous_byte_embeddings(previous)
+        hidden_states = residual_dropout(hidden_states, self.hidden_dropout, self.training)
+        mask = None
+        if self.causal:
+            allowed = torch.ones(computed, computed, dtype=torch.bool, device=contexts.device).tril()
+            mask = additive_mask(allowed[None], hidden_states.dtype)
+        for block in self.layers:
+            hidden_states = block(hidden_states, attention_mask=mask)
+        hidden_states = self.norm(hidden_states)
+        return hidden_states.view(batch, chunks, computed, -1)[:, :, :slots]
+
+
+@dataclass
+class MtlmByteModelOutput(BaseModelOutputWithPast):
+    """last_hidden_state: (batch, seq, decoder width), the decoder's state for the id after each position;
+    chunk_embeddings: (batch, chunks, hidden), the encoder's vector of each chunk; layout: the chunk grid."""
+
+    chunk_embeddings: torch.Tensor | None = None
+    layout: ChunkLayout | None = None
+
+
+class MtlmBytePreTrainedModel(MtlmPreTrainedModel):
+    config: MtlmByteConfig
+    _no_split_modules = ["MtlmDecoderLayer", "MtlmByteEncoder", "MtlmByteDecoder"]
+    _can_compile_fullgraph = False  # the chunk grid's shape depends on the ids
+
+
+class MtlmByteModel(MtlmBytePreTrainedModel):
+    """Ids -> chunks -> encoder -> core (`mtlm_llama` over chunk vectors) -> decoder state for every next id."""
+
+    def __init__(self, config: MtlmByteConfig):
+        super().__init__(config)
+        self.encoder = MtlmByteEncoder(config)
+        self.core = MtlmLlamaModel(config)
+        self.core.embed_tokens = None  # the core reads chunk vectors, never ids
+        # The context of the first chunk, and of a chunk with only padding before it.
+        self.first_context = nn.Embedding(1, config.hidden_size)
+        self.decoder = MtlmByteDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.byte_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder.byte_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MtlmByteModelOutput:
+        """input_ids, attention_mask: (batch, seq), the mask 0 on padding (left or right)."""
+        if input_ids is None:
+            raise ValueError("mtlm_byte reads byte ids: pass input_ids (inputs_embeds has no meaning here, as the "
+                             "model embeds each chunk itself).")
+        check_token_ids(input_ids, self.config.vocab_size)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        layout = chunk_layout(input_ids, attention_mask, self.config)
+        chunk_embeddings = self.encoder(layout.grid, layout.occupied)
+        real = layout.real_chunks.long()
+        chunk_positions = (torch.cumsum(real, dim=1) - 1).clamp(min=0)
+        core_states = self.core(inputs_embeds=chunk_embeddings, attention_mask=real,
+                                position_ids=chunk_positions, use_cache=False).last_hidden_state
+        # Chunk k is spelled out from the core's state after chunk k - 1; the first real chunk from first_context.
+        batch, chunks, hidden = core_states.shape
+        first = self.first_context.weight.view(1, 1, hidden).expand(batch, 1, hidden)
+        contexts = torch.cat([first, core_states], dim=1)
+        has_real_before = torch.cat([torch.zeros_like(real[:, :1]), torch.cumsum(real, dim=1)], dim=1) > 0
+        contexts = torch.where(has_real_before[..., None], contexts, first)
+        next_chunk, next_slot = layout.next_chunk, layout.next_slot
+        slots = int(next_slot.max()) + 1
+        chunk_ids = nn.functional.pad(layout.grid, (0, max(0, slots - 1 - layout.grid.shape[-1]), 0, 1),
+                                      value=self.config.pad_token_id)
+        slot_states = self.decoder(contexts, chunk_ids, slots)  # (batch, chunks + 1, slots, width)
+        flat = (next_chunk * slot_states.shape[2] + next_slot)[..., None].expand(-1, -1, slot_states.shape[-1])
+        hidden_states = slot_states.flatten(1, 2).gather(1, flat)
+        return MtlmByteModelOutput(last_hidden_state=hidden_states, chunk_embeddings=chunk_embeddings, layout=layout)
+
+
+@dataclass
+class MtlmByteCausalLMOutput(CausalLMOutputWithPast):
+    """aux_loss: STLM's reconstruction loss (the decoder rebuilding each chunk from its own encoder vector), already
+    weighted into `loss`."""
+
+    aux_loss: torch.Tensor | None = None
+
+
+class MtlmByteForCausalLM(MtlmBytePreTrainedModel, GenerationMixin):
+    def __init__(self, config: MtlmByteConfig):
+        super().__init__(config)
+        self.model = MtlmByteModel(config)
+        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MtlmByteCausalLMOutput:
+        """input_ids, attention_mask: (batch, seq); labels: (batch, seq), -100 where no loss is taken, shifted
+        inside. Returns logits (batch, kept, vocab) — the pad id is never predicted — the mean next-id loss plus the
+        weighted reconstruction loss, and that reconstruction loss as `aux_loss`."""
+        for unused in ("inputs_embeds", "cache", "past_key_values"):
+            if kwargs.pop(unused, None) is not None:
+                raise ValueError(f"mtlm_byte takes no {unused}: pass input_ids (generation recomputes the chunks).")
+        kwargs.pop("use_cache", None)
+        kwargs.pop("position_ids", None)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.byte_logits(outputs.last_hidden_state[:, slice_indices])
+        loss = aux_loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if self.config.reconstruction_loss_weight:
+                aux_loss = self.reconstruction_loss(outputs)
+                loss = loss + self.config.reconstruction_loss_weight * aux_loss
+        return MtlmByteCausalLMOutput(loss=loss, logits=logits, aux_loss=aux_loss)
+
+    def byte_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden_states)
+        return logits.index_fill(-1, torch.tensor([self.config.pad_token_id], device=logits.device),
+                                 torch.finfo(logits.dtype).min)
+
+    def reconstruction_loss(self, outputs: MtlmByteModelOutput) -> torch.Tensor:
+        """Cross-entropy of the decoder spelling out each real chunk from the encoder's own vector of it, over the
+        chunk's real ids."""
+        layout = outputs.layout
+        slots = layout.grid.shape[-1]
+        states = self.model.decoder(outputs.chunk_embeddings, layout.grid, slots)
+        targets = layout.grid.masked_fill(~(layout.occupied & layout.real_chunks[..., None]), -100)
+        targets = targets.masked_fill(targets == self.config.pad_token_id, -100)
+        return nn.functional.cross_entropy(self.byte_logits(states).flatten(0, 2).float(), targets.flatten(),
+                                           ignore_index=-100)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, logits_to_keep=None, **kwargs):
+        """Every step reads the whole sequence: the chunks are recomputed from the ids."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
+
+    def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
+        """Training FLOPs of a batch (3 x forward) as this model computes it: the encoder over every chunk's slots,
+        the core over the chunks, the decoder over the slots it spells out, the head at every position."""
+        input_ids = input_dict.get("input_ids")
+        if input_ids is None:
+            return super().floating_point_ops(input_dict, exclude_embeddings)
+        mask = input_dict.get("attention_mask")
+        with torch.no_grad():
+            layout = chunk_layout(input_ids, mask if mask is not None else torch.ones_like(input_ids), self.config)
+        batch, chunks, slots = layout.grid.shape
+        decoded_slots = int(layout.next_slot.max()) + 1 if self.config.decoder_type == "causal" else \
+            self.config.max_chunk_bytes
+        if self.config.pooling == "stlm":
+            slots = self.config.max_chunk_bytes
+        return 3 * batch * byte_model_flops(self.config, input_ids.shape[1], chunks, slots, decoded_slots)
+
+
+def byte_model_flops(config: MtlmByteConfig, length: int, chunks: int, slots: int, decoded_slots: int) -> int:
+    """Forward FLOPs of one sequence of `length` ids cut into `chunks` chunks of `slots` slots, the decoder spelling
+    out `decoded_slots` slots of each of chunks + 1 contexts (2 per multiply-add; lookups are free)."""
+    widths = config.encoder_hidden_sizes
+    encoder = 0
+    for index, width in enumerate(config.encoder_block_widths):
+        blocks = local_config(config, width, config.encoder_num_attention_heads, 1, config.max_chunk_bytes)
+        encoder += chunks * slots * (decoder_flops_per_token(blocks, slots, MtlmGatedMLP) - 2 * width)
+        if widths[index + 1] != width:
+            encoder += 2 * width * widths[index + 1] * (chunks if index == len(widths) - 2 else chunks * slots)
+    core = chunks * (decoder_flops_per_token(config, chunks, MtlmGatedMLP) - 2 * config.hidden_size *
+                     config.vocab_size)
+    width = config.decoder_hidden_size
+    blocks = local_config(config, width, config.decoder_num_attention_heads, config.decoder_num_hidden_layers,
+                          config.max_chunk_bytes)
+    decoder = (chunks + 1) * (2 * config.hidden_size * config.max_chunk_bytes * width +
+                              decoded_slots * (decoder_flops_per_token(blocks, decoded_slots, MtlmGatedMLP) -
+                                               2 * width))
+    head = length * 2 * width * config.vocab_size
+    return encoder + core + decoder + head
+
+
+def flops_per_token(config: MtlmByteConfig, sequence_length: int, bytes_per_chunk: float = 4.0) -> int:
+    """An estimate of the forward FLOPs per id at `sequence_length` ids, for chunks of `bytes_per_chunk` ids on
+    average (the exact count of a batch is `floating_point_ops`)."""
+    chunks = max(1, round(sequence_length / bytes_per_chunk))
+    slots = config.max_chunk_bytes if config.pooling == "stlm" else min(config.max_chunk_bytes,
+                                                                          2 * round(bytes_per_chunk))
+    decoded = config.max_chunk_bytes if config.decoder_type == "parallel" else slots
+    return byte_model_flops(config, sequence_length, chunks, slots, decoded) // sequence_length
+
+
+__all__ = ["MtlmByteForCausalLM", "MtlmByteModel"]
