@@ -118,6 +118,7 @@ def test_a_left_padded_batch_gives_each_row_its_own_logits(pooling):
         torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
 
 
+@pytest.mark.compat
 def test_generate_greedy_and_sampling_with_left_padded_batches():
     model = tiny(std=0.1)
     prompts = [byte_ids(6, batch=1, seed=3)[0], byte_ids(3, batch=1, seed=4)[0]]
@@ -136,6 +137,22 @@ def test_generate_greedy_and_sampling_with_left_padded_batches():
     sampled = model.generate(batch, attention_mask=mask, max_new_tokens=15, do_sample=True, top_k=20,
                              pad_token_id=256)
     assert sampled.shape == (2, 21) and (sampled[:, 6:] != 256).all()
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("variant", VARIANTS, ids=NAMES)
+def test_generation_chunk_by_chunk_with_the_core_cache_equals_rereading_everything(variant):
+    model = tiny(std=0.1, **variant)
+    batch = torch.stack([byte_ids(7, batch=1, seed=3)[0], torch.cat([torch.full((3,), 256), byte_ids(4, seed=5)[0]])])
+    options = dict(attention_mask=(batch != 256).long(), max_new_tokens=40, pad_token_id=256, do_sample=True,
+                   top_k=40, output_logits=True, return_dict_in_generate=True)
+    torch.manual_seed(0)
+    cached = model.generate(batch, **options)
+    torch.manual_seed(0)
+    reread = model.generate(batch, use_cache=False, **options)
+    assert torch.equal(cached.sequences, reread.sequences)
+    assert len(set(cached.sequences[0, 7:].tolist())) > 5  # the sampled bytes vary, and so do the chunks
+    torch.testing.assert_close(torch.stack(cached.logits), torch.stack(reread.logits), rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +215,7 @@ print("remote-ok", model.generate(ids, max_new_tokens=10, do_sample=False, pad_t
 """
 
 
+@pytest.mark.compat
 def test_save_load_and_remote_code_round_trip(tmp_path, bpe_boundaries):
     model = tiny()
     tokenizer = MtlmByteTokenizer(boundary_tokenizer=bpe_boundaries, max_chunk_bytes=4)

@@ -42,7 +42,6 @@ class MtlmByteConfig(MtlmLlamaConfig):
     num_attention_heads: int = 4
     max_position_embeddings: int = 1024
     tie_word_embeddings: bool = False
-    use_cache: bool = False
     pad_token_id: int | None = 256
     bos_token_id: int | None = 257
     eos_token_id: int | list[int] | None = 258

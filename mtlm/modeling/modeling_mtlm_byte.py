@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -19,12 +20,14 @@ from .configuration_mtlm_byte import MtlmByteConfig
 from .configuration_mtlm_llama import MtlmLlamaConfig
 from .modeling_mtlm_llama import MtlmLlamaModel
 from .mtlm_blocks import (
+    CACHE_NAME,
     MtlmDecoderLayer,
     MtlmGatedMLP,
     MtlmPreTrainedModel,
     MtlmRMSNorm,
     check_token_ids,
     decoder_flops_per_token,
+    pick_cache,
     residual_dropout,
 )
 
@@ -62,15 +65,21 @@ class ChunkLayout:
         return torch.where(self.ends, 0, self.slot + 1)
 
 
+def ends_a_chunk(ids: torch.Tensor, config: MtlmByteConfig) -> torch.Tensor:
+    """Whether each id ends its chunk by what it is: a special id, or a space-like byte under SpaceByte's rule."""
+    ends = torch.isin(ids, torch.tensor([getattr(config, name) for name in config.special_id_fields],
+                                        device=ids.device))
+    if config.chunk_boundary == "space":
+        ends |= torch.isin(ids, torch.tensor(SPACE_BYTES, device=ids.device))
+    return ends
+
+
 def chunk_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, config: MtlmByteConfig) -> ChunkLayout:
     """Cut a batch of ids into chunks. A chunk ends at a special id, at padding, after a space-like byte when
     `chunk_boundary == "space"`, and when it is `max_chunk_bytes` long (a longer run is split, never truncated).
     input_ids, attention_mask: (batch, seq)."""
     batch, length = input_ids.shape
-    specials = torch.tensor([getattr(config, name) for name in config.special_id_fields], device=input_ids.device)
-    natural_end = torch.isin(input_ids, specials) | (attention_mask == 0)
-    if config.chunk_boundary == "space":
-        natural_end |= torch.isin(input_ids, torch.tensor(SPACE_BYTES, device=input_ids.device))
+    natural_end = ends_a_chunk(input_ids, config) | (attention_mask == 0)
     positions = torch.arange(length, device=input_ids.device).expand(batch, length)
     starts = torch.ones_like(natural_end)
     starts[:, 1:] = natural_end[:, :-1]
@@ -252,27 +261,40 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cache: "MtlmByteCache | None" = None,
+        use_cache: bool | None = None,
+        past_key_values: "MtlmByteCache | None" = None,
         **kwargs,
     ) -> MtlmByteModelOutput:
-        """input_ids, attention_mask: (batch, seq), the mask 0 on padding (left or right)."""
+        """input_ids, attention_mask: (batch, seq), the mask 0 on padding (left or right). With `use_cache` the
+        output carries an `MtlmByteCache` (under `CACHE_NAME`); given one, input_ids are the ids that follow."""
         if input_ids is None:
             raise ValueError("mtlm_byte reads byte ids: pass input_ids (inputs_embeds has no meaning here, as the "
                              "model embeds each chunk itself).")
         check_token_ids(input_ids, self.config.vocab_size)
+        cache = pick_cache(cache, past_key_values)
+        if cache is not None:
+            hidden_states = torch.stack([self.step(input_ids[:, index], cache)
+                                         for index in range(input_ids.shape[1])], dim=1)
+            return MtlmByteModelOutput(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         layout = chunk_layout(input_ids, attention_mask, self.config)
         chunk_embeddings = self.encoder(layout.grid, layout.occupied)
-        real = layout.real_chunks.long()
-        chunk_positions = (torch.cumsum(real, dim=1) - 1).clamp(min=0)
-        core_states = self.core(inputs_embeds=chunk_embeddings, attention_mask=real,
-                                position_ids=chunk_positions, use_cache=False).last_hidden_state
+        # The core reads the finished chunks: all real ones but a last one still open (no position reads its state).
+        last_chunk, last_open = layout.chunk[:, -1:], ~layout.ends[:, -1:]
+        chunk_index = torch.arange(layout.grid.shape[1], device=input_ids.device)
+        finished = (layout.real_chunks & ~((chunk_index == last_chunk) & last_open)).long()
+        core_cache = DynamicCache(config=self.config) if use_cache else None
+        core_states = self.core(inputs_embeds=chunk_embeddings, attention_mask=finished,
+                                position_ids=(torch.cumsum(finished, dim=1) - 1).clamp(min=0), cache=core_cache,
+                                use_cache=bool(use_cache)).last_hidden_state
         # Chunk k is spelled out from the core's state after chunk k - 1; the first real chunk from first_context.
         batch, chunks, hidden = core_states.shape
         first = self.first_context.weight.view(1, 1, hidden).expand(batch, 1, hidden)
         contexts = torch.cat([first, core_states], dim=1)
-        has_real_before = torch.cat([torch.zeros_like(real[:, :1]), torch.cumsum(real, dim=1)], dim=1) > 0
-        contexts = torch.where(has_real_before[..., None], contexts, first)
+        finished_before = torch.cat([torch.zeros_like(finished[:, :1]), torch.cumsum(finished, dim=1)], dim=1) > 0
+        contexts = torch.where(finished_before[..., None], contexts, first)
         next_chunk, next_slot = layout.next_chunk, layout.next_slot
         slots = int(next_slot.max()) + 1
         chunk_ids = nn.functional.pad(layout.grid, (0, max(0, slots - 1 - layout.grid.shape[-1]), 0, 1),
@@ -280,7 +302,61 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
         slot_states = self.decoder(contexts, chunk_ids, slots)  # (batch, chunks + 1, slots, width)
         flat = (next_chunk * slot_states.shape[2] + next_slot)[..., None].expand(-1, -1, slot_states.shape[-1])
         hidden_states = slot_states.flatten(1, 2).gather(1, flat)
-        return MtlmByteModelOutput(last_hidden_state=hidden_states, chunk_embeddings=chunk_embeddings, layout=layout)
+        outputs = MtlmByteModelOutput(last_hidden_state=hidden_states, chunk_embeddings=chunk_embeddings,
+                                      layout=layout)
+        if use_cache:
+            rows = torch.arange(batch, device=input_ids.device)
+            last_ends = layout.ends[:, -1]
+            open_ids = torch.full((batch, self.config.max_chunk_bytes), self.config.pad_token_id,
+                                  dtype=input_ids.dtype, device=input_ids.device)
+            open_ids[:, : layout.grid.shape[-1]] = torch.where(last_ends[:, None], self.config.pad_token_id,
+                                                               layout.grid[rows, last_chunk[:, 0]])
+            outputs[CACHE_NAME] = MtlmByteCache(
+                core_cache=core_cache, core_mask=finished, context=contexts[rows, next_chunk[:, -1]],
+                chunk_ids=open_ids, chunk_length=torch.where(last_ends, 0, layout.slot[:, -1] + 1),
+                seen=input_ids.shape[1])
+        return outputs
+
+    def step(self, ids: torch.Tensor, cache: "MtlmByteCache") -> torch.Tensor:
+        """One id per row after the ids `cache` holds -> (batch, decoder width), the decoder's state for the id
+        after it. A row whose chunk this id ends runs the encoder on that chunk and the core one step."""
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        cache.chunk_ids[rows, cache.chunk_length] = ids
+        length = cache.chunk_length + 1
+        ends = ends_a_chunk(ids, self.config) | (length == self.config.max_chunk_bytes)
+        if ends.any():
+            slots = int(length.max())
+            occupied = torch.arange(slots, device=ids.device) < length[:, None]
+            vectors = self.encoder(cache.chunk_ids[:, None, :slots], occupied[:, None])
+            core_mask = torch.cat([cache.core_mask, ends[:, None].long()], dim=1)
+            positions = cache.core_mask.sum(1, keepdim=True)
+            core_states = self.core(inputs_embeds=vectors, attention_mask=core_mask, position_ids=positions,
+                                    cache=cache.core_cache, use_cache=True).last_hidden_state[:, 0]
+            cache.core_mask = core_mask
+            cache.context = torch.where(ends[:, None], core_states, cache.context)
+            cache.chunk_ids = cache.chunk_ids.masked_fill(ends[:, None], self.config.pad_token_id)
+        cache.chunk_length = torch.where(ends, 0, length)
+        cache.seen += 1
+        slot_states = self.decoder(cache.context[:, None], cache.chunk_ids[:, None], int(cache.chunk_length.max()) + 1)
+        return slot_states[rows, 0, cache.chunk_length]
+
+
+class MtlmByteCache:
+    """What generation carries from one step to the next: the core's KV cache over the finished chunks
+    (core_mask (batch, core steps): 1 where a step holds a row's finished chunk, 0 where another row's chunk
+    finished), and each row's open chunk — its context (batch, hidden), its ids so far (batch, max_chunk_bytes, pad
+    after chunk_length) — and how many ids it has read."""
+
+    is_compileable = False
+
+    def __init__(self, core_cache: DynamicCache, core_mask: torch.Tensor, context: torch.Tensor,
+                 chunk_ids: torch.Tensor, chunk_length: torch.Tensor, seen: int):
+        self.core_cache, self.core_mask, self.context = core_cache, core_mask, context
+        self.chunk_ids, self.chunk_length, self.seen = chunk_ids, chunk_length, seen
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """The ids read so far."""
+        return self.seen
 
 
 @dataclass
@@ -303,18 +379,20 @@ class MtlmByteForCausalLM(MtlmBytePreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        cache: MtlmByteCache | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: MtlmByteCache | None = None,
         **kwargs,
     ) -> MtlmByteCausalLMOutput:
         """input_ids, attention_mask: (batch, seq); labels: (batch, seq), -100 where no loss is taken, shifted
         inside. Returns logits (batch, kept, vocab) — the pad id is never predicted — the mean next-id loss plus the
         weighted reconstruction loss, and that reconstruction loss as `aux_loss`."""
-        for unused in ("inputs_embeds", "cache", "past_key_values"):
-            if kwargs.pop(unused, None) is not None:
-                raise ValueError(f"mtlm_byte takes no {unused}: pass input_ids (generation recomputes the chunks).")
-        kwargs.pop("use_cache", None)
-        kwargs.pop("position_ids", None)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if kwargs.pop("inputs_embeds", None) is not None:
+            raise ValueError("mtlm_byte takes no inputs_embeds: pass input_ids, as the model embeds each chunk itself.")
+        kwargs.pop("position_ids", None)  # positions are counted in chunks, inside
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache,
+                             cache=pick_cache(cache, past_key_values))
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.byte_logits(outputs.last_hidden_state[:, slice_indices])
         loss = aux_loss = None
@@ -323,7 +401,8 @@ class MtlmByteForCausalLM(MtlmBytePreTrainedModel, GenerationMixin):
             if self.config.reconstruction_loss_weight:
                 aux_loss = self.reconstruction_loss(outputs)
                 loss = loss + self.config.reconstruction_loss_weight * aux_loss
-        return MtlmByteCausalLMOutput(loss=loss, logits=logits, aux_loss=aux_loss)
+        return MtlmByteCausalLMOutput(loss=loss, logits=logits, aux_loss=aux_loss,
+                                      **{CACHE_NAME: outputs.get(CACHE_NAME)})
 
     def byte_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden_states)
@@ -341,9 +420,19 @@ class MtlmByteForCausalLM(MtlmBytePreTrainedModel, GenerationMixin):
         return nn.functional.cross_entropy(self.byte_logits(states).flatten(0, 2).float(), targets.flatten(),
                                            ignore_index=-100)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, logits_to_keep=None, **kwargs):
-        """Every step reads the whole sequence: the chunks are recomputed from the ids."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "logits_to_keep": 1}
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # it builds its own MtlmByteCache on the first step (see prepare_inputs_for_generation)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, past_key_values=None,
+                                      use_cache=None, **kwargs):
+        """The first step reads the prompt and starts an MtlmByteCache; each later step reads only the new id. With
+        use_cache=False every step reads the whole sequence again."""
+        cache = pick_cache(cache, past_key_values)
+        if cache is None:
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache is not False,
+                    "logits_to_keep": 1}
+        return {"input_ids": input_ids[:, cache.seen:], CACHE_NAME: cache, "use_cache": True}
 
     def floating_point_ops(self, input_dict: dict, exclude_embeddings: bool = True) -> int:
         """Training FLOPs of a batch (3 x forward) as this model computes it: the encoder over every chunk's slots,
