@@ -80,8 +80,16 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
-    texts = [read_corpus(args.input)] if args.kind in ("char", "bpe", "word") else []
-    tokenizer = make_tokenizer(args.kind, texts, getattr(args, "vocab_size", None), getattr(args, "max_vocab", None))
+    texts = [read_corpus(args.input)] if getattr(args, "input", None) else []
+    if args.kind == "byte_chunks":
+        if args.chunk_boundary == "bpe" and not (args.input or args.boundaries):
+            raise UsageError("byte_chunks with --chunk-boundary bpe cuts text where a BPE does: give --input (a text "
+                             "to train one on) or --boundaries (a tokenizer folder), or use --chunk-boundary space.")
+        tokenizer = make_tokenizer(args.kind, texts, args.vocab_size, chunk_boundary=args.chunk_boundary,
+                                   max_chunk_bytes=args.max_chunk_bytes, boundary_path=args.boundaries)
+    else:
+        tokenizer = make_tokenizer(args.kind, texts, getattr(args, "vocab_size", None),
+                                   getattr(args, "max_vocab", None))
     with staged(args.out, folder=True, overwrite=args.overwrite) as staging:
         tokenizer.save_pretrained(staging)
     print(f"Wrote the {args.kind} tokenizer ({len(tokenizer)} ids) to {args.out}")
@@ -400,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=_convert)
 
     tokenizer = commands.add_parser(
-        "tokenizer", help="write a tokenizer folder (arithmetic, byte, char, bpe or word)",
+        "tokenizer", help="write a tokenizer folder (arithmetic, byte, char, bpe, word or byte_chunks)",
         description="Write a tokenizer as a folder that AutoTokenizer loads anywhere (plain tokenizers JSON).",
     )
     kinds = tokenizer.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -410,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("char", "one id per character of --input, plus <pad> <bos> <eos> <unk>"),
         ("bpe", "byte-level BPE trained on --input to --vocab-size ids"),
         ("word", "words and punctuation of --input, the --max-vocab most frequent (specials included), <unk> else"),
+        ("byte_chunks", "mtlm_byte's bytes and <eoc> chunk marks, chunks cut by a BPE (trained on --input, or "
+                        "--boundaries) or after spaces (loads with trust_remote_code where mtlm is absent)"),
     ]:
         command = kinds.add_parser(kind, help=help_text, description=help_text)
         if kind in ("char", "bpe", "word"):
@@ -418,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--max-vocab", type=COUNT, required=True, help="ids at most, specials included")
         if kind == "bpe":
             command.add_argument("--vocab-size", type=COUNT, required=True, help="ids in all, specials included")
+        if kind == "byte_chunks":
+            command.add_argument("--chunk-boundary", choices=["bpe", "space"], default="bpe",
+                                 help="where chunks end: subword boundaries, or after space-like bytes")
+            command.add_argument("--max-chunk-bytes", type=COUNT, default=12,
+                                 help="the model's chunk length: at most this minus 1 bytes, then <eoc>")
+            command.add_argument("--input", help="UTF-8 text to train the boundary BPE on")
+            command.add_argument("--vocab-size", type=COUNT, default=2048, help="ids of the boundary BPE")
+            command.add_argument("--boundaries", help="a tokenizer folder whose tokens are the chunks instead")
         command.add_argument("--out", required=True, help="folder to write")
         command.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
         command.set_defaults(handler=_tokenizer)

@@ -299,3 +299,14 @@ def test_mtlm_train_with_byte_chunks_and_a_pipeline(tmp_path):
     run["tokenizer"] = {"kind": "char"}
     with pytest.raises(ValueError, match="set tokenizer.kind: byte_chunks"):
         train(run_config.validate(run), overwrite=True)
+
+
+def test_the_tokenizer_command_and_the_bundled_config(tmp_path):
+    mtlm_main(["tokenizer", "byte_chunks", "--chunk-boundary", "space", "--max-chunk-bytes", "8",
+               "--out", str(tmp_path / "tok")])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert (type(tokenizer), tokenizer.chunk_boundary, tokenizer.max_chunk_bytes) == (MtlmByteTokenizer, "space", 8)
+    with pytest.raises(SystemExit):
+        mtlm_main(["tokenizer", "byte_chunks", "--out", str(tmp_path / "none")])  # bpe boundaries need a text
+    run = run_config.load("byte-small", [])
+    assert run["model"]["preset"] == "byte-small" and run["tokenizer"]["kind"] == "byte_chunks"

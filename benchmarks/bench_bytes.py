@@ -1,0 +1,319 @@
+"""The bits-per-byte study of issue 17: STLM's byte model (`mtlm_byte`) against the models a user would pick
+instead, at equal training FLOPs, on Tiny Shakespeare (90/10 contiguous split).
+
+Arms (every core is d256, 4 layers, 4 heads, SwiGLU 768):
+- llama-char, llama-byte, llama-bpe512, llama-bpe2048: `mtlm_llama` over characters, bytes, or a byte-level BPE
+  trained on the training split;
+- stlm: `mtlm_byte` as STLM built it (BPE-2048 chunks, parallel decoder, mean over pads, reconstruction loss);
+- stlm+causal, stlm+space, stlm+padfree: one improvement each (causal decoder, SpaceByte boundaries, a mean over
+  real bytes only); byte-best: all three;
+- blt: transformers' `BltForCausalLM`, small, with fixed patches of 4 bytes (a first patch of 1 for <bos>).
+
+Every arm trains with the HF Trainer for as many steps as its budget buys. FLOPs are counted one way for all arms:
+torch's FlopCounterMode over a real training step (forward and backward, every matmul and attention, unembedding
+included), averaged over a few batches. Every arm is scored in bits per byte on the held-out text cut into pieces
+of 512 bytes, each read from <bos> (all its bytes scored, the same byte context for every arm); generation is timed
+at batch 1 on CPU, sampling 512 bytes.
+
+Results go to benchmarks/results/bytes.json (finished runs are kept: the study resumes); the table and the figure
+docs/bytes.png are redrawn from it:
+
+    python benchmarks/bench_bytes.py                        # every arm at both budgets
+    python benchmarks/bench_bytes.py --only stlm llama-byte --budgets small
+    python benchmarks/bench_bytes.py --plot-only
+"""
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.utils.flop_counter as flop_counter  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
+    BltConfig,
+    BltForCausalLM,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
+
+import mtlm  # noqa: E402, F401  (registers the families with the Auto classes)
+from mtlm.data.sources import TINY_SHAKESPEARE  # noqa: E402
+from mtlm.data.tokenization import bpe_tokenizer, byte_tokenizer, char_tokenizer, read_corpus  # noqa: E402
+from mtlm.data.tokenization_mtlm_byte import MtlmByteTokenizer  # noqa: E402
+from mtlm.evaluation.perplexity import perplexity  # noqa: E402
+from mtlm.files import atomic_file, staged  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = {"small": 2e13, "large": 6e13}  # training FLOPs; about 7 and 20 CPU minutes for llama-byte
+BLOCK_BYTES = 512  # training blocks and scoring pieces span about this many bytes
+BATCH = 16
+CORE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768)
+STLM = dict(chunk_boundary="bpe", decoder_type="parallel", pooling="stlm", reconstruction_loss_weight=1.0)
+
+
+@dataclass
+class Arm:
+    name: str
+    tokenizer: str  # char, byte, bpe512, bpe2048, chunks-bpe, chunks-space
+    model: dict = field(default_factory=dict)  # mtlm_byte fields; {} for mtlm_llama
+
+
+ARMS = {arm.name: arm for arm in [
+    Arm("llama-char", "char"),
+    Arm("llama-byte", "byte"),
+    Arm("llama-bpe512", "bpe512"),
+    Arm("llama-bpe2048", "bpe2048"),
+    Arm("stlm", "chunks-bpe", STLM),
+    Arm("stlm+causal", "chunks-bpe", {**STLM, "decoder_type": "causal"}),
+    Arm("stlm+space", "chunks-space", {**STLM, "chunk_boundary": "space"}),
+    Arm("stlm+padfree", "chunks-bpe", {**STLM, "pooling": "mean"}),
+    Arm("byte-best", "chunks-space", {**STLM, "chunk_boundary": "space", "decoder_type": "causal",
+                                       "pooling": "mean"}),
+    Arm("blt", "byte"),
+]}
+
+
+def split_text() -> tuple[str, str]:
+    text = read_corpus(TINY_SHAKESPEARE)
+    cut = int(0.9 * len(text))
+    return text[:cut], text[cut:]
+
+
+def pieces(text: str, size: int = BLOCK_BYTES) -> list[str]:
+    """`text` cut into consecutive pieces of about `size` UTF-8 bytes, at character boundaries."""
+    result, start, count = [], 0, 0
+    for index, character in enumerate(text):
+        count += len(character.encode("utf-8"))
+        if count >= size:
+            result.append(text[start: index + 1])
+            start, count = index + 1, 0
+    return result + ([text[start:]] if start < len(text) else [])
+
+
+def make_tokenizer(kind: str, train_text: str):
+    if kind == "char":
+        return char_tokenizer([train_text])
+    if kind == "byte":
+        return byte_tokenizer()
+    if kind.startswith("bpe"):
+        return bpe_tokenizer([train_text], int(kind.removeprefix("bpe")))
+    if kind == "chunks-bpe":
+        return MtlmByteTokenizer(boundary_tokenizer=bpe_tokenizer([train_text], 2048).backend_tokenizer)
+    return MtlmByteTokenizer(chunk_boundary="space")
+
+
+class BltFixedPatches(BltForCausalLM):
+    """BLT with fixed patches: <bos> alone, then `patch_size` bytes per patch (the first patch must hold one id
+    only: BLT decodes the bytes of patch i from the global state after patch i - 1). It keeps no cache: in
+    transformers 5.24 BLT's own cache cannot be built from its config, and fixed patches need the whole sequence."""
+
+    def forward(self, input_ids=None, patch_lengths=None, **kwargs):
+        kwargs["use_cache"] = False
+        if patch_lengths is None:
+            length, size = input_ids.shape[1], self.config.patch_size
+            lengths = [1] + [size] * ((length - 1) // size) + ([(length - 1) % size] if (length - 1) % size else [])
+            patch_lengths = torch.tensor([lengths] * input_ids.shape[0], device=input_ids.device)
+        return super().forward(input_ids=input_ids, patch_lengths=patch_lengths, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+
+
+def make_model(arm: Arm, tokenizer, block: int):
+    torch.manual_seed(0)
+    special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if arm.name == "blt":
+        local = dict(hidden_size=128, num_attention_heads=4, intermediate_size=384, hidden_size_global=256)
+        config = BltConfig(
+            **special, patch_size=4, patching_mode="static", patch_in_forward=False, max_position_embeddings=2 * block,
+            encoder_hash_byte_group_vocab=4096, cross_attn_k=2, local_attention_window_len=2 * block,
+            encoder_config=dict(local, num_hidden_layers=1, vocab_size=len(tokenizer)),
+            decoder_config=dict(local, num_hidden_layers=2, vocab_size=len(tokenizer)),
+            global_config=dict(CORE, max_position_embeddings=2 * block),
+            patcher_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128),
+        )
+        model = BltFixedPatches(config)
+        model.generation_config.use_cache = False
+        return model
+    if arm.model:
+        config = AutoConfig.for_model(
+            "mtlm_byte", **special, **CORE, **arm.model, max_position_embeddings=2 * block,
+            end_of_chunk_token_id=tokenizer.end_of_chunk_token_id, max_chunk_bytes=tokenizer.max_chunk_bytes,
+            encoder_hidden_sizes=[64, 128, 256], decoder_hidden_size=128, decoder_num_hidden_layers=2)
+    else:
+        config = AutoConfig.for_model("mtlm_llama", **special, **CORE, max_position_embeddings=2 * block)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def training_blocks(tokenizer, text: str) -> tuple[Dataset, int]:
+    """The training text as blocks of about BLOCK_BYTES bytes, each starting with <bos> (as every scored piece
+    does), and the block length in ids."""
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    block = round(BLOCK_BYTES * len(ids) / len(text.encode("utf-8"))) + 1
+    body = ids[: len(ids) - len(ids) % (block - 1)].reshape(-1, block - 1)
+    blocks = np.concatenate([np.full((len(body), 1), tokenizer.bos_token_id), body], axis=1)
+    return Dataset.from_dict({"input_ids": blocks, "labels": blocks}), block
+
+
+CPU_SDPA = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default:
+        lambda query, key, value, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(query, key, value),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default:
+        lambda grad_out, query, key, value, *args, out_shape=None, **kwargs:
+        flop_counter.sdpa_backward_flop_count(grad_out, query, key, value),
+}
+
+
+def step_flops(model, dataset: Dataset, batches: int = 4) -> float:
+    """Mean FLOPs of a training step (forward and backward) over the first `batches` batches, by FlopCounterMode
+    (CPU attention included)."""
+    model.train()
+    counts = []
+    for index in range(batches):
+        batch = default_data_collator([dataset[row] for row in range(index * BATCH, (index + 1) * BATCH)])
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
+            model(**batch).loss.backward()
+        counts.append(counter.get_total_flops())
+    model.zero_grad(set_to_none=True)
+    return float(np.mean(counts))
+
+
+def parameter_counts(model) -> dict:
+    embeddings = {id(module.weight): module.weight.numel() for module in model.modules()
+                  if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= 256}
+    output = model.get_output_embeddings()
+    if output is not None:
+        embeddings[id(output.weight)] = output.weight.numel()
+    return {"parameters": model.num_parameters(), "embedding_parameters": sum(embeddings.values())}
+
+
+@torch.no_grad()
+def generation_speed(model, tokenizer, prompt: str, new_bytes: int = 512) -> float:
+    """Generated bytes per second at batch 1, sampling (temperature 0.8) about `new_bytes` bytes."""
+    model.eval()
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], 1)
+    ids_per_byte = ids.shape[1] / len(prompt.encode("utf-8"))
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    new_ids = math.ceil(new_bytes * ids_per_byte)
+    output = model.generate(ids, max_new_tokens=new_ids, min_new_tokens=new_ids, do_sample=True,
+                            temperature=0.8, top_k=50, pad_token_id=tokenizer.pad_token_id)
+    seconds = time.perf_counter() - started
+    text = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+    return len(text.encode("utf-8", "surrogateescape")) / seconds
+
+
+def run_one(arm: Arm, budget: float, texts: tuple[str, str], folder: Path) -> dict:
+    train_text, held_out = texts
+    tokenizer = make_tokenizer(arm.tokenizer, train_text)
+    dataset, block = training_blocks(tokenizer, train_text)
+    model = make_model(arm, tokenizer, block)
+    per_step = step_flops(model, dataset)
+    steps = max(1, round(budget / per_step))
+    arguments = TrainingArguments(
+        output_dir=str(folder), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=2e-3,
+        lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.1, max_grad_norm=1.0,
+        logging_steps=max(1, steps // 20), save_strategy="no", report_to=[], seed=0, dataloader_drop_last=True,
+        disable_tqdm=True, remove_unused_columns=False)
+    started = time.perf_counter()
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset.shuffle(seed=0),
+                      data_collator=default_data_collator)
+    trainer.train()
+    wall = time.perf_counter() - started
+    scored = perplexity(model.eval(), tokenizer, pieces(held_out), max_length=2 * block, stride=2 * block,
+                        batch_size=1, show_progress=False)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        **parameter_counts(model),
+        "budget_flops": budget, "training_flops": per_step * steps, "step_flops": per_step, "steps": steps,
+        "block_ids": block, "ids_per_byte": (block - 1) / BLOCK_BYTES,
+        "epochs": steps * BATCH / len(dataset),
+        "bits_per_byte": scored["bits_per_byte"], "final_train_loss": losses[-1] if losses else None,
+        "generated_bytes_per_s": generation_speed(model, tokenizer, held_out[:200]),
+        "wall_s": round(wall, 1),
+    }
+
+
+def save(results: dict, path: Path) -> None:
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(results, indent=1) + "\n")
+
+
+def table(results: dict) -> str:
+    lines = ["| arm | budget | params (embeddings) | ids per byte | training FLOPs | steps (epochs) "
+             "| held-out bits/byte | generated bytes/s | wall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for budget in BUDGETS:
+        for name in ARMS:
+            row = results.get(budget, {}).get(name)
+            if row is None:
+                continue
+            lines.append(
+                f"| {name} | {budget} | {row['parameters']:,} ({row['embedding_parameters']:,}) "
+                f"| {row['ids_per_byte']:.3f} | {row['training_flops']:.2e} | {row['steps']} ({row['epochs']:.1f}) "
+                f"| {row['bits_per_byte']:.3f} | {row['generated_bytes_per_s']:.0f} | {row['wall_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for name in ARMS:
+        points = [(row["training_flops"], row["bits_per_byte"]) for budget in BUDGETS
+                  if (row := results.get(budget, {}).get(name))]
+        if points:
+            style = "-o" if name.startswith(("stlm", "byte")) else "--s"
+            axes.plot(*zip(*sorted(points)), style, label=name)
+    axes.set(xscale="log", xlabel="training FLOPs (FlopCounterMode)", ylabel="held-out bits per byte",
+             title="Tiny Shakespeare: bits per byte at equal training FLOPs")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, ncol=2)
+    figure.tight_layout()
+    with staged(path) as partial:
+        figure.savefig(partial, dpi=120, format="png")
+    plt.close(figure)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(ARMS), help="arms to run")
+    parser.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
+    parser.add_argument("--rerun", action="store_true", help="train again runs the results file already holds")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the budgets (a quick check: 1e-3)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "bytes.json")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bytes")
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "bytes.png")
+    args = parser.parse_args()
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    if not args.plot_only:
+        texts = split_text()
+        for budget in args.budgets:
+            for name in args.only or ARMS:
+                if name in results.get(budget, {}) and not args.rerun:
+                    continue
+                print(f"=== {name} at {budget} ({BUDGETS[budget]:.0e} FLOPs) ===", flush=True)
+                row = run_one(ARMS[name], args.scale * BUDGETS[budget], texts, args.runs / f"{name}-{budget}")
+                results.setdefault(budget, {})[name] = row
+                save(results, args.results)
+                print(json.dumps(row, indent=1), flush=True)
+    print(table(results))
+    print(f"wrote {plot(results, args.figure)}")
+
+
+if __name__ == "__main__":
+    main()
