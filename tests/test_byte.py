@@ -3,6 +3,7 @@ its tokenizer lossless on any text, and transformers-native (Auto classes, gener
 train, growth)."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,22 @@ def test_the_tokenizer_command_and_the_bundled_config(tmp_path):
         mtlm_main(["tokenizer", "byte_chunks", "--out", str(tmp_path / "none")])  # bpe boundaries need a text
     run = run_config.load("byte-small", [])
     assert run["model"]["preset"] == "byte-small" and run["tokenizer"]["kind"] == "byte_chunks"
+
+
+def test_lm_eval_and_bits_per_byte_read_it_as_any_causal_lm(tmp_path, bpe_boundaries):
+    pytest.importorskip("lm_eval")
+    from mtlm.evaluation import harness
+    from mtlm.evaluation.perplexity import perplexity, read_documents
+
+    tasks = Path(__file__).parent / "fixtures" / "lm_eval"
+    folder = tmp_path / "byte"
+    tiny(std=0.1).save_pretrained(folder)
+    MtlmByteTokenizer(boundary_tokenizer=bpe_boundaries, max_chunk_bytes=4).save_pretrained(folder)
+    results = harness.evaluate(folder, "tiny_arc,tiny_rolling", include_path=tasks, save=False)
+    assert results["results"]["tiny_arc"]["sample_len"] == 12
+    assert 0 <= results["results"]["tiny_arc"]["acc,none"] <= 1
+    documents = read_documents(tasks / "data" / "rolling.jsonl")
+    ours = perplexity(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), documents,
+                      max_length=1024, stride=1024, show_progress=False)
+    assert ours["bits_per_byte"] == pytest.approx(results["results"]["tiny_rolling"]["bits_per_byte,none"], rel=1e-4)
+    assert ours["tokens"] > ours["bytes"]  # the chunk marks are scored too: an upper bound on the bytes alone
