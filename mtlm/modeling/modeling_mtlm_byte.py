@@ -199,14 +199,18 @@ class MtlmByteDecoder(nn.Module):
         self.norm = MtlmRMSNorm(width, eps=config.rms_norm_eps)
         self.hidden_dropout = config.hidden_dropout
 
+    def slot_inputs(self, contexts: torch.Tensor) -> torch.Tensor:
+        """contexts: (..., hidden) -> what enters the blocks at each slot before the previous ids: (..., slots,
+        width)."""
+        return self.context_to_slots(contexts).unflatten(-1, (self.slots, -1)) + self.slot_embeddings.weight
+
     def forward(self, contexts: torch.Tensor, chunk_ids: torch.Tensor | None, slots: int) -> torch.Tensor:
         """contexts: (batch, chunks, hidden); chunk_ids: (batch, chunks, >= slots - 1), the ids of each chunk, read by
         the causal decoder (slot s reads id s - 1). Returns (batch, chunks, slots, decoder width) for the first
         `slots` slots; the causal decoder computes just those, the parallel one all of them."""
         batch, chunks, _ = contexts.shape
         computed = slots if self.causal else self.slots
-        hidden_states = self.context_to_slots(contexts).view(batch * chunks, self.slots, -1)[:, :computed]
-        hidden_states = hidden_states + self.slot_embeddings.weight[:computed]
+        hidden_states = self.slot_inputs(contexts).flatten(0, 1)[:, :computed]
         if self.causal:
             start = torch.full((batch, chunks, 1), self.previous_byte_embeddings.num_embeddings - 1,
                                dtype=chunk_ids.dtype, device=chunk_ids.device)
@@ -221,6 +225,40 @@ class MtlmByteDecoder(nn.Module):
             hidden_states = block(hidden_states, attention_mask=mask)
         hidden_states = self.norm(hidden_states)
         return hidden_states.view(batch, chunks, computed, -1)[:, :, :slots]
+
+    def step(self, slot_input: torch.Tensor, previous_ids: torch.Tensor, slot: torch.Tensor,
+             cache: "SlotCache") -> torch.Tensor:
+        """The causal decoder at one slot per row, its earlier slots' keys and values read from `cache`.
+        slot_input: (batch, width); previous_ids, slot: (batch,). Returns (batch, width)."""
+        start = self.previous_byte_embeddings.num_embeddings - 1
+        hidden_states = slot_input + self.previous_byte_embeddings(torch.where(slot == 0, start, previous_ids))
+        allowed = torch.arange(self.slots, device=slot.device) <= slot[:, None]
+        mask = additive_mask(allowed[:, None, :], hidden_states.dtype)
+        cache.slot = slot
+        hidden_states = hidden_states[:, None]
+        for block in self.layers:
+            hidden_states = block(hidden_states, attention_mask=mask, cache=cache)
+        return self.norm(hidden_states)[:, 0]
+
+
+class SlotCache:
+    """The causal decoder's keys and values over the slots of each row's open chunk: a step writes the slot each
+    row is at (`slot`, (batch,)); a row's next chunk overwrites its slots from 0 again, and the mask never lets a
+    slot read one after it."""
+
+    def __init__(self, slots: int):
+        self.slots, self.slot, self.keys, self.values = slots, None, {}, {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """key_states, value_states: (batch, heads, 1, head_dim) -> all slots: (batch, heads, slots, head_dim)."""
+        if layer_idx not in self.keys:
+            shape = (key_states.shape[0], key_states.shape[1], self.slots, key_states.shape[-1])
+            self.keys[layer_idx] = key_states.new_zeros(shape)
+            self.values[layer_idx] = value_states.new_zeros(shape)
+        rows = torch.arange(key_states.shape[0], device=key_states.device)
+        self.keys[layer_idx][rows, :, self.slot] = key_states[:, :, 0]
+        self.values[layer_idx][rows, :, self.slot] = value_states[:, :, 0]
+        return self.keys[layer_idx], self.values[layer_idx]
 
 
 @dataclass
@@ -311,19 +349,47 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
                                   dtype=input_ids.dtype, device=input_ids.device)
             open_ids[:, : layout.grid.shape[-1]] = torch.where(last_ends[:, None], self.config.pad_token_id,
                                                                layout.grid[rows, last_chunk[:, 0]])
-            outputs[CACHE_NAME] = MtlmByteCache(
-                core_cache=core_cache, core_mask=finished, context=contexts[rows, next_chunk[:, -1]],
-                chunk_ids=open_ids, chunk_length=torch.where(last_ends, 0, layout.slot[:, -1] + 1),
-                seen=input_ids.shape[1])
+            cache = MtlmByteCache(core_cache=core_cache, core_mask=finished, chunk_ids=open_ids,
+                                  chunk_length=torch.where(last_ends, 0, layout.slot[:, -1] + 1),
+                                  seen=input_ids.shape[1], slots=self.config.max_chunk_bytes)
+            self.start_chunks(cache, contexts[rows, next_chunk[:, -1]], torch.ones_like(last_ends))
+            outputs[CACHE_NAME] = cache
         return outputs
+
+    def start_chunks(self, cache: "MtlmByteCache", contexts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Give the `rows` (batch,) bool their new context (batch, hidden): the parallel decoder spells out every slot
+        of the chunk now; the causal one runs through the slots the chunk already holds. Returns every row's decoder
+        state at the slot it is at: (batch, decoder width)."""
+        slot_inputs = self.decoder.slot_inputs(contexts)
+        cache.slot_inputs = slot_inputs if cache.slot_inputs is None else torch.where(
+            rows[:, None, None], slot_inputs, cache.slot_inputs)
+        if not self.decoder.causal:
+            slot_states = self.decoder(contexts[:, None], None, self.config.max_chunk_bytes)[:, 0]
+            cache.slot_states = slot_states if cache.slot_states is None else torch.where(
+                rows[:, None, None], slot_states, cache.slot_states)
+            return self.spell(cache, cache.chunk_length)
+        for slot in range(int(cache.chunk_length[rows].max()) + 1):
+            # A row past its own slot, or not starting a chunk, computes the slot it is at again: same keys, values.
+            state = self.spell(cache, torch.where(rows, cache.chunk_length.clamp(max=slot), cache.chunk_length))
+        return state
+
+    def spell(self, cache: "MtlmByteCache", slot: torch.Tensor) -> torch.Tensor:
+        """The decoder's state at `slot` (batch,) of each row's open chunk: (batch, decoder width)."""
+        rows = torch.arange(slot.shape[0], device=slot.device)
+        if not self.decoder.causal:
+            return cache.slot_states[rows, slot]
+        previous = cache.chunk_ids[rows, (slot - 1).clamp(min=0)]
+        return self.decoder.step(cache.slot_inputs[rows, slot], previous, slot, cache.decoder_cache)
 
     def step(self, ids: torch.Tensor, cache: "MtlmByteCache") -> torch.Tensor:
         """One id per row after the ids `cache` holds -> (batch, decoder width), the decoder's state for the id
-        after it. A row whose chunk this id ends runs the encoder on that chunk and the core one step."""
+        after it. A row whose chunk this id ends runs the encoder on that chunk and the core one step; every other
+        row runs the decoder at one slot (the causal decoder) or nothing at all (the parallel one)."""
         rows = torch.arange(ids.shape[0], device=ids.device)
         cache.chunk_ids[rows, cache.chunk_length] = ids
         length = cache.chunk_length + 1
         ends = ends_a_chunk(ids, self.config) | (length == self.config.max_chunk_bytes)
+        cache.seen += 1
         if ends.any():
             slots = int(length.max())
             occupied = torch.arange(slots, device=ids.device) < length[:, None]
@@ -333,26 +399,28 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
             core_states = self.core(inputs_embeds=vectors, attention_mask=core_mask, position_ids=positions,
                                     cache=cache.core_cache, use_cache=True).last_hidden_state[:, 0]
             cache.core_mask = core_mask
-            cache.context = torch.where(ends[:, None], core_states, cache.context)
             cache.chunk_ids = cache.chunk_ids.masked_fill(ends[:, None], self.config.pad_token_id)
-        cache.chunk_length = torch.where(ends, 0, length)
-        cache.seen += 1
-        slot_states = self.decoder(cache.context[:, None], cache.chunk_ids[:, None], int(cache.chunk_length.max()) + 1)
-        return slot_states[rows, 0, cache.chunk_length]
+            cache.chunk_length = torch.where(ends, 0, length)
+            return self.start_chunks(cache, core_states, ends)
+        cache.chunk_length = length
+        return self.spell(cache, length)
 
 
 class MtlmByteCache:
     """What generation carries from one step to the next: the core's KV cache over the finished chunks
     (core_mask (batch, core steps): 1 where a step holds a row's finished chunk, 0 where another row's chunk
-    finished), and each row's open chunk — its context (batch, hidden), its ids so far (batch, max_chunk_bytes, pad
-    after chunk_length) — and how many ids it has read."""
+    finished), and each row's open chunk — its ids so far (chunk_ids (batch, max_chunk_bytes), pad after
+    chunk_length), the decoder's inputs from its context (slot_inputs (batch, slots, width)), and the decoder's
+    work on it: every slot's state (slot_states, parallel decoder) or its slots' keys and values (decoder_cache,
+    causal decoder)."""
 
     is_compileable = False
 
-    def __init__(self, core_cache: DynamicCache, core_mask: torch.Tensor, context: torch.Tensor,
-                 chunk_ids: torch.Tensor, chunk_length: torch.Tensor, seen: int):
-        self.core_cache, self.core_mask, self.context = core_cache, core_mask, context
-        self.chunk_ids, self.chunk_length, self.seen = chunk_ids, chunk_length, seen
+    def __init__(self, core_cache: DynamicCache, core_mask: torch.Tensor, chunk_ids: torch.Tensor,
+                 chunk_length: torch.Tensor, seen: int, slots: int):
+        self.core_cache, self.core_mask, self.chunk_ids, self.chunk_length = core_cache, core_mask, chunk_ids, \
+            chunk_length
+        self.seen, self.slot_inputs, self.slot_states, self.decoder_cache = seen, None, None, SlotCache(slots)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """The ids read so far."""
