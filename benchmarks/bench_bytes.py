@@ -56,7 +56,7 @@ from mtlm.evaluation.perplexity import perplexity  # noqa: E402
 from mtlm.files import atomic_file, staged  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = {"small": 2e13, "large": 6e13}  # training FLOPs; about 7 and 20 CPU minutes for llama-byte
+BUDGETS = {"small": 4e13, "large": 1.2e14}  # training FLOPs: about 7 and 20 CPU minutes for llama-byte
 BLOCK_BYTES = 512  # training blocks and scoring pieces span about this many bytes
 BATCH = 16
 CORE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768)
