@@ -35,7 +35,7 @@ from .hub_cards import write_card
 from .hub_cards.publish import export_folder, push_folder
 from .training import run_config
 from .training.reports import check_sampling, sample, unknown_characters
-from .training.trainer import NonFiniteLossError, train
+from .training.trainer import NonFiniteLossError, end_of_run_sample, train
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -98,7 +98,7 @@ def _tokenizer(args: argparse.Namespace) -> None:
 def _data_arithmetic(args: argparse.Namespace) -> None:
     counts = arithmetic.write_splits(
         args.out_dir, n_samples=args.n_samples, n_operands=args.N, low=args.A, high=args.B, ops=args.ops,
-        seed=args.seed,
+        seed=args.seed, reverse=args.reverse,
     )
     print(f"Wrote {', '.join(f'{name}.jsonl ({count:,})' for name, count in counts.items())} to {args.out_dir}")
 
@@ -113,7 +113,7 @@ def _train(args: argparse.Namespace) -> None:
         return
     output_dir = run["training"]["output_dir"]
     print(f"\nSaved the model to {output_dir}. A sample:\n")
-    print(sample(trainer.model, trainer.processing_class, args.sample_prompt))
+    print(end_of_run_sample(trainer))
 
 
 def _train_flax(run: dict, args: argparse.Namespace) -> None:
@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     arith.add_argument("--B", type=int, default=999, help="largest operand (999)")
     arith.add_argument("--ops", nargs="+", default=["+"], help="operators: + - '*' / as separate arguments or +-*/")
     arith.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    arith.add_argument("--reverse", action="store_true",
+                       help="write each answer's digits least significant first in the text the model learns; "
+                       "targets stay as written, and exact match reverses predictions back")
     arith.set_defaults(handler=_data_arithmetic)
 
     train = commands.add_parser(
@@ -469,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value (repeatable), e.g. --set training.max_steps=100")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in the output folder")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
-    train.add_argument("--sample-prompt", default="\n", help="prompt of the sample printed at the end")
+    train.add_argument("--sample-prompt", help="prompt of the sample printed at evaluations and at the end (default: "
+                       "a newline for text; the first validation prompts for prompt/target data)")
     train.add_argument("--backend", choices=("torch", "flax"), default="torch",
                        help="torch: the HF Trainer; flax: the Flax twin with optax on a (data, fsdp) device mesh set "
                        "by the config's flax section (needs the [flax] extra)")

@@ -16,6 +16,8 @@ from mtlm.data import arithmetic
 from mtlm.data.processing import check_block_size, collator, pack, tokenize, tokenize_prompt_target
 from mtlm.data.sources import TINY_SHAKESPEARE, contiguous_splits, load_local_files, tiny_shakespeare
 from mtlm.data.tokenization import arithmetic_tokenizer, bpe_tokenizer, byte_tokenizer, char_tokenizer
+from mtlm.errors import UsageError
+from mtlm.evaluation.exact_match import read_answer
 
 HARD_TEXTS = [
     "plain ascii",
@@ -217,6 +219,31 @@ def test_arithmetic_command_writes_disjoint_deterministic_splits(tmp_path):
     loaded = arithmetic.load_splits(tmp_path / "a")
     assert {name: len(rows) for name, rows in loaded.items()} == {"train": 400, "validation": 50, "test": 50}
     assert loaded["test"][0] == splits["test"][0]
+
+
+def test_reversed_arithmetic_teaches_digits_least_significant_first_and_is_scored_in_the_usual_order(tmp_path):
+    plain = arithmetic.generate(200, ops="+-", seed=3)
+    flipped = arithmetic.generate(200, ops="+-", seed=3, reverse=True)
+    assert [row["target"] for row in plain] == [row["target"] for row in flipped]
+    for row in flipped:
+        sign = "-" if row["target"].startswith("-") else ""
+        assert row["reversed"] and row["text"] == f"<bos>{row['prompt']}{sign}{row['target'].lstrip('-')[::-1]}<eos>"
+    assert arithmetic.reverse_digits("-120") == "-021" and arithmetic.reverse_digits("-021") == "-120"
+    learned = [row["text"].removeprefix(f"<bos>{row['prompt']}").removesuffix("<eos>") for row in flipped]
+    assert [read_answer(row, f" {text}") for row, text in zip(flipped, learned)] == [row["target"] for row in plain]
+    assert read_answer(plain[0], plain[0]["target"]) == plain[0]["target"]
+
+
+def test_an_arithmetic_folder_made_with_other_settings_is_refused_not_reused(tmp_path):
+    from mtlm.training.datasets import load_texts
+
+    data = {"source": "arithmetic", "arithmetic": {"out_dir": str(tmp_path / "add"), "n_samples": 100, "B": 99}}
+    assert load_texts(data)["train"][0]["text"].endswith("<eos>")
+    written = (tmp_path / "add" / "train.jsonl").read_text()
+    assert load_texts({**data, "arithmetic": {**data["arithmetic"], "ops": ["+"]}})["train"].num_rows == 80
+    with pytest.raises(UsageError, match=r"other settings \(reverse=False there, True here\)"):
+        load_texts({**data, "arithmetic": {**data["arithmetic"], "reverse": True}})
+    assert (tmp_path / "add" / "train.jsonl").read_text() == written
 
 
 def test_impossible_arithmetic_requests_fail_before_writing(tmp_path):

@@ -87,10 +87,10 @@ def test_pipeline_generates_the_same_text_with_and_without_the_cache(family):
     assert texts[0] == texts[1] == reference_text(model, tokenizer, prompt, 16)
 
 
-def test_exact_match_decodes_a_left_padded_batch_as_each_prompt_alone():
+def test_exact_match_decodes_a_left_padded_batch_as_each_prompt_alone(family):
     tokenizer = make_tokenizer("arithmetic")
     torch.manual_seed(0)
-    config = tiny_config("mtlm_llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    config = tiny_config(family, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = sharpen(AutoModelForCausalLM.from_config(config).eval(), std=0.5)
     prompts = ["7+5=", "12+345=", "999+1=", "40+40=", "3+123="]

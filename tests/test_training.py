@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from mtlm.cli import CommandError
 from mtlm.cli import main as mtlm_main
 from mtlm.training import run_config
 from mtlm.training.trainer import MtlmTrainer, train
@@ -172,19 +174,27 @@ def test_moe_runs_log_the_auxiliary_loss(tmp_path):
     assert len(aux) == 2 and all(value > 0 for value in aux)
 
 
-def test_arithmetic_runs_report_exact_match_and_eval_scores_a_checkpoint(tmp_path, capsys):
+def test_arithmetic_runs_report_exact_match_end_on_validation_answers_and_eval_scores_a_checkpoint(tmp_path, capsys):
     run = {
         "model": {"preset": "mlm-llama2", "num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64},
         "tokenizer": {"kind": "arithmetic"},
         "data": {"source": "arithmetic", "arithmetic": {"out_dir": str(tmp_path / "data"), "n_samples": 300,
-                                                        "B": 99, "seed": 1}},
+                                                        "B": 99, "seed": 1, "reverse": True}},
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 6, "per_device_train_batch_size": 16,
                      "eval_strategy": "steps", "eval_steps": 3, "save_strategy": "no", "disable_tqdm": True},
     }
-    trainer = train(run_config.validate(run))
-    matches = [entry["eval_exact_match"] for entry in trainer.state.log_history if "eval_exact_match" in entry]
+    path = write_config(tmp_path, run)
+    with pytest.raises(CommandError, match=r"cannot be encoded.*'a'"):  # refused before any work
+        mtlm_main(["train", str(path), "--sample-prompt", "12+a="])
+    assert not (tmp_path / "run").exists()
+    mtlm_main(["train", str(path)])
+    printed = capsys.readouterr().out.split("A sample:")[-1]
+    validation = [json.loads(line) for line in (tmp_path / "data" / "val.jsonl").read_text().splitlines()]
+    for row in validation[:4]:  # the end-of-run sample answers validation prompts, each beside its target
+        assert re.search(rf"^{re.escape(row['prompt'])}\S*   \(target {row['target']}\)$", printed, re.MULTILINE)
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    matches = [entry["eval_exact_match"] for entry in history if "eval_exact_match" in entry]
     assert len(matches) >= 2 and all(0.0 <= value <= 1.0 for value in matches)
-    capsys.readouterr()
     mtlm_main(["eval", str(tmp_path / "run"), "--arithmetic", str(tmp_path / "data" / "test.jsonl"),
                "--output", str(tmp_path / "em.json")])
     result = json.loads((tmp_path / "em.json").read_text())["results"]["test.jsonl"]

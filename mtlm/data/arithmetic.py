@@ -3,8 +3,14 @@
 Expressions of `n_operands` integers drawn uniformly from [low, high] and operators from `ops`, evaluated left to
 right as a running total (no precedence); division only where it is exact; negative results allowed. Prompts are
 unique, so no prompt appears in two splits.
+
+With `reverse`, the text the model learns writes the answer's digits least significant first (the sign stays in
+front): `"<bos>554+456=0101<eos>"`, which makes carrying learnable by small models (Lee et al., 2023, "Teaching
+Arithmetic to Small Transformers"). Such rows carry `"reversed": true`; their target stays the answer as written
+normally, and exact match reverses a prediction back before comparing.
 """
 
+import inspect
 import json
 import os
 import random
@@ -17,6 +23,7 @@ from ..files import atomic_file
 from .sources import load_local_files
 
 OPERATORS = "+-*/"
+SETTINGS_FILE = "generation.json"
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
@@ -46,8 +53,14 @@ def evaluate(operands: list[int], operators: str) -> int | None:
     return total
 
 
+def reverse_digits(answer: str) -> str:
+    """"-123" <-> "-321": the digits in the other order, a sign kept in front (its own inverse)."""
+    sign = "-" if answer.startswith("-") else ""
+    return sign + answer[len(sign):][::-1]
+
+
 def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999, ops: str = "+",
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, reverse: bool = False) -> list[dict]:
     """`n_samples` unique examples; a ValueError before any work when the range cannot hold that many."""
     if n_operands < 2:
         raise UsageError(f"--N (operands per expression) must be at least 2, got {n_operands}.")
@@ -79,7 +92,9 @@ def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999,
         if result is None:
             continue
         seen.add(prompt)
-        examples.append({"prompt": prompt, "target": str(result), "text": f"<bos>{prompt}{result}<eos>"})
+        written = reverse_digits(str(result)) if reverse else str(result)
+        examples.append({"prompt": prompt, "target": str(result), "text": f"<bos>{prompt}{written}<eos>"}
+                        | ({"reversed": True} if reverse else {}))
     return examples
 
 
@@ -102,13 +117,42 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def write_splits(out_dir: str | os.PathLike, **generate_kwargs) -> dict[str, int]:
-    """Generate and write train.jsonl, val.jsonl and test.jsonl; returns the row count of each."""
+    """Generate and write train.jsonl, val.jsonl and test.jsonl, and the settings that made them
+    (generation.json); returns the row count of each split."""
     splits = split(generate(**generate_kwargs))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
+    with atomic_file(out_dir / SETTINGS_FILE) as handle:
+        json.dump(generation_settings(**generate_kwargs), handle, indent=1)
     return {name: len(rows) for name, rows in splits.items()}
+
+
+def generation_settings(**generate_kwargs) -> dict:
+    """Every argument of `generate`, defaults filled in and operators in the seed's order: what decides the data a
+    folder holds."""
+    bound = inspect.signature(generate).bind(**generate_kwargs)
+    bound.apply_defaults()
+    return {**bound.arguments, "ops": parse_ops(bound.arguments["ops"])}
+
+
+def ensure_splits(out_dir: str | os.PathLike, **generate_kwargs) -> None:
+    """Write the splits into `out_dir` unless it holds them already, made with the same settings; a folder made with
+    other settings is refused by name, never silently reused."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "train.jsonl").is_file():
+        write_splits(out_dir, **generate_kwargs)
+        return
+    wanted = generation_settings(**generate_kwargs)
+    recorded = json.loads((out_dir / SETTINGS_FILE).read_text()) if (out_dir / SETTINGS_FILE).is_file() else None
+    if recorded is None:  # written before the settings were recorded: the seed's format, answers in order
+        recorded = {**wanted, "reverse": False} if wanted["reverse"] else wanted
+    if recorded != wanted:
+        differences = ", ".join(f"{name}={recorded.get(name)!r} there, {value!r} here"
+                                for name, value in wanted.items() if recorded.get(name) != value)
+        raise UsageError(f"{out_dir} holds arithmetic data made with other settings ({differences}): point "
+                         "data.arithmetic.out_dir at another folder, or delete this one to make it again.")
 
 
 def load_splits(folder: str | os.PathLike) -> DatasetDict:

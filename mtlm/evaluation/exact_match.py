@@ -6,11 +6,19 @@ from collections import defaultdict
 import torch
 from tqdm.auto import tqdm
 
+from ..data.arithmetic import reverse_digits
 from ..files import read_jsonl
 
 
 def answer_digits(target: str) -> int:
     return len(target.lstrip("-"))
+
+
+def read_answer(row: dict, generated: str) -> str:
+    """The answer a row's generated text gives, in the usual digit order (rows with "reversed" were learned with
+    their digits reversed)."""
+    answer = generated.strip()
+    return reverse_digits(answer) if row.get("reversed") else answer
 
 
 @torch.no_grad()
@@ -41,14 +49,15 @@ def exact_match(model, tokenizer, examples: list[dict], batch_size: int = 64, pr
     longest = max(len(tokenizer(row["target"], add_special_tokens=False)["input_ids"]) for row in examples)
     answers = greedy_answers(model, tokenizer, [row["prompt"] for row in examples], batch_size, longest + 1, progress)
     hits, by_digits = 0, defaultdict(lambda: [0, 0])
-    for row, answer in zip(examples, answers):
-        correct = answer.strip() == row["target"]
+    predictions = [read_answer(row, answer) for row, answer in zip(examples, answers)]
+    for row, prediction in zip(examples, predictions):
+        correct = prediction == row["target"]
         hits += correct
         bucket = by_digits[answer_digits(row["target"])]
         bucket[0] += correct
         bucket[1] += 1
-    samples = [{"prompt": row["prompt"], "target": row["target"], "prediction": answer.strip()}
-               for row, answer in list(zip(examples, answers))[:8]]
+    samples = [{"prompt": row["prompt"], "target": row["target"], "prediction": prediction}
+               for row, prediction in list(zip(examples, predictions))[:8]]
     return {
         "exact_match": hits / len(examples),
         "by_digits": {str(digits): right / total for digits, (right, total) in sorted(by_digits.items())},

@@ -22,12 +22,11 @@ def load_texts(data: dict) -> DatasetDict:
         return load_hub_dataset(data["name"], data.get("config"), data.get("splits"))
     settings = dict(data.get("arithmetic") or {})
     folder = Path(settings.pop("out_dir", "data/arithmetic"))
-    if not (folder / "train.jsonl").is_file():
-        arithmetic.write_splits(
-            folder, n_samples=settings.get("n_samples", 70000), n_operands=settings.get("N", 2),
-            low=settings.get("A", 0), high=settings.get("B", 999), ops=settings.get("ops", "+"),
-            seed=settings.get("seed", 0),
-        )
+    arithmetic.ensure_splits(
+        folder, n_samples=settings.get("n_samples", 70000), n_operands=settings.get("N", 2),
+        low=settings.get("A", 0), high=settings.get("B", 999), ops=settings.get("ops", "+"),
+        seed=settings.get("seed", 0), reverse=settings.get("reverse", False),
+    )
     return arithmetic.load_splits(folder)
 
 

@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..data.processing import check_block_size, collator
 from ..errors import UsageError
-from ..evaluation.exact_match import exact_match
+from ..evaluation.exact_match import exact_match, greedy_answers, read_answer
 from ..files import staged, staging_path
 from . import run_config
 from .datasets import build_datasets, load_texts
@@ -112,7 +112,7 @@ class EvaluationExtras(TrainerCallback):
     """At each evaluation: greedy exact match on (part of) the validation split for prompt/target data, or a
     sampled continuation for text."""
 
-    def __init__(self, tokenizer, validation_rows: list[dict] | None, sample_prompt: str = "\n",
+    def __init__(self, tokenizer, validation_rows: list[dict] | None, sample_prompt: str | None = None,
                  exact_match_limit: int = 500):
         self.tokenizer = tokenizer
         self.validation_rows = (validation_rows or [])[:exact_match_limit]
@@ -125,7 +125,46 @@ class EvaluationExtras(TrainerCallback):
             state.log_history.append({"eval_exact_match": result["exact_match"], "step": state.global_step})
             print(f"\nstep {state.global_step}: exact match {result['exact_match']:.4f} on {result['n']} examples")
         else:
-            print(f"\nstep {state.global_step} sample: {sample(model, self.tokenizer, self.sample_prompt, 100)!r}")
+            print(f"\nstep {state.global_step} sample: {self.sample(model, 100)!r}")
+
+    def sample(self, model, max_new_tokens: int = 200) -> str:
+        """What the model makes of the sample prompt: a sampled continuation for text; for prompt/target data the
+        greedy answers to it, or (by default) to the first validation prompts, one per line with their targets."""
+        if not self.validation_rows:
+            return sample(model, self.tokenizer, "\n" if self.sample_prompt is None else self.sample_prompt,
+                          max_new_tokens)
+        rows = self.validation_rows[:4] if self.sample_prompt is None else [
+            {"prompt": self.sample_prompt, "target": None, "reversed": self.validation_rows[0].get("reversed")}]
+        answers = greedy_answers(model, self.tokenizer, [row["prompt"] for row in rows], max_new_tokens=16,
+                                 progress=False)
+        return "\n".join(row["prompt"] + read_answer(row, answer)
+                         + ("" if row["target"] is None else f"   (target {row['target']})")
+                         for row, answer in zip(rows, answers))
+
+
+def end_of_run_sample(trainer: Trainer) -> str:
+    """The sample `mtlm train` prints when a run ends (EvaluationExtras.sample of the trained model)."""
+    extras = next(callback for callback in trainer.callback_handler.callbacks
+                  if isinstance(callback, EvaluationExtras))
+    return extras.sample(trainer.model)
+
+
+def check_sample_prompt(tokenizer, prompt: str | None) -> None:
+    """Refuse, before training, a sample prompt the run's tokenizer cannot encode (the arithmetic vocabulary has no
+    unknown token, so a character outside it fails)."""
+    if prompt is None or encodes(tokenizer, prompt):
+        return
+    missing = "".join(sorted(character for character in set(prompt) if not encodes(tokenizer, character)))
+    raise UsageError(f"--sample-prompt {prompt!r} cannot be encoded by this run's tokenizer, which has no id for "
+                     f"{missing!r}. Give a prompt written with the training data's characters, or leave it out.")
+
+
+def encodes(tokenizer, text: str) -> bool:
+    try:
+        tokenizer(text, add_special_tokens=False)
+    except Exception:  # noqa: BLE001 (the tokenizers library raises a bare Exception for a word it has no id for)
+        return False
+    return True
 
 
 class TrainingEnvironment(TrainerCallback, ExportableState):
@@ -192,7 +231,7 @@ def training_arguments(training: dict) -> TrainingArguments:
         raise UsageError(f"The training section does not work as TrainingArguments: {error}") from None
 
 
-def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str = "\n",
+def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str | None = None,
           callbacks: tuple[TrainerCallback, ...] = ()) -> Trainer:
     """Run the training a validated run config describes (with any extra Trainer `callbacks`); returns the
     Trainer. Everything (arguments, data, tokenizer, model) is built before the output folder is touched, so a run
@@ -212,6 +251,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
     with processes.main_process_first():
         texts = load_texts(run["data"])
         tokenizer = build_tokenizer(run["tokenizer"], texts, init_from)
+        check_sample_prompt(tokenizer, sample_prompt)
         config = build_model_config(run["model"], tokenizer)
         prompt_target = run["data"].get("source") == "arithmetic"
         if not prompt_target:
