@@ -1,14 +1,15 @@
 """The bits-per-byte study of issue 17: STLM's byte model (`mtlm_byte`) against the models a user would pick
 instead, at equal training FLOPs, on Tiny Shakespeare (90/10 contiguous split).
 
-Arms (every core is d256, 4 layers, 4 heads, SwiGLU 768):
+Arms (every core is d256, 4 layers, 4 heads, SwiGLU 768, but byte-deep's):
 - llama-char, llama-byte, llama-bpe512, llama-bpe2048: `mtlm_llama` over characters, bytes, or a byte-level BPE
   trained on the training split;
 - stlm: `mtlm_byte` as STLM built it (BPE-2048 chunks, parallel decoder, mean over pads, reconstruction loss);
 - stlm+causal, stlm+space, stlm+padfree: one improvement each (causal decoder, SpaceByte boundaries, a mean over
   real bytes only); byte-best: all three, without STLM's reconstruction loss, and with chunks of at most 8 bytes
   (longer words are split: the encoder and decoder then pad 8 slots per chunk instead of 12, which buys about 80%
-  more steps for the same FLOPs);
+  more steps for the same FLOPs); byte-deep: byte-best with a core of 8 layers instead of 4 (the FLOPs the chunking
+  saves spent on the core, as MEGABYTE, SpaceByte and BLT do: about the FLOPs per byte of llama-byte);
 - blt: transformers' `BltForCausalLM`, small, with fixed patches of 4 bytes (a first patch of 1 for <bos>).
 
 Every arm trains with the HF Trainer for as many steps as its budget buys. FLOPs are counted one way for all arms:
@@ -69,6 +70,8 @@ BLOCK_BYTES = 512  # training blocks and scoring pieces span about this many byt
 BATCH = 16
 CORE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768)
 STLM = dict(chunk_boundary="bpe", decoder_type="parallel", pooling="stlm", reconstruction_loss_weight=1.0)
+BYTE_BEST = dict(chunk_boundary="space", decoder_type="causal", pooling="mean", reconstruction_loss_weight=0.0,
+                 max_chunk_bytes=8)
 
 
 @dataclass
@@ -87,8 +90,8 @@ ARMS = {arm.name: arm for arm in [
     Arm("stlm+causal", "chunks-bpe", {**STLM, "decoder_type": "causal"}),
     Arm("stlm+space", "chunks-space", {**STLM, "chunk_boundary": "space"}),
     Arm("stlm+padfree", "chunks-bpe", {**STLM, "pooling": "mean"}),
-    Arm("byte-best", "chunks-space", {"chunk_boundary": "space", "decoder_type": "causal", "pooling": "mean",
-                                       "reconstruction_loss_weight": 0.0, "max_chunk_bytes": 8}),
+    Arm("byte-best", "chunks-space", BYTE_BEST),
+    Arm("byte-deep", "chunks-space", {**BYTE_BEST, "num_hidden_layers": 8}),
     Arm("blt", "byte"),
 ]}
 
@@ -159,7 +162,7 @@ def make_model(arm: Arm, tokenizer, block: int):
         return model
     if arm.model:
         config = AutoConfig.for_model(
-            "mtlm_byte", **special, **CORE, **{**arm.model, "max_chunk_bytes": tokenizer.max_chunk_bytes},
+            "mtlm_byte", **special, **{**CORE, **arm.model, "max_chunk_bytes": tokenizer.max_chunk_bytes},
             max_position_embeddings=2 * block, end_of_chunk_token_id=tokenizer.end_of_chunk_token_id,
             encoder_hidden_sizes=[64, 128, 256], decoder_hidden_size=128, decoder_num_hidden_layers=2)
     else:

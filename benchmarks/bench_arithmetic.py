@@ -1,0 +1,151 @@
+"""The arithmetic study of issue 18: the seed's three Mini-LM configurations (GPT-2, Llama-2, Mixtral) learning 3-digit
+addition, with the answer written in the usual order or reversed, and the other operators with Llama-2.
+
+Every arm is a bundled run config (`mtlm configs`) plus overrides, trained by `mtlm train`'s own code. During training,
+greedy exact match on 500 validation prompts is logged at every evaluation; at the end the whole validation split
+(7,000 prompts) is scored, and, for the bundled recipes as they stand (arms marked final), the held-out test split
+once, batched, with the seconds that scoring took. Sweep arms (a recipe being chosen) never read the test split.
+
+Results go to benchmarks/results/arithmetic.json (finished arms are kept: the study resumes); the table and the figure
+docs/arithmetic.png (exact match against steps and against training FLOPs) are redrawn from it:
+
+    python benchmarks/bench_arithmetic.py --only gpt2 llama2 mixtral
+    python benchmarks/bench_arithmetic.py --plot-only
+"""
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from bench_tiny_lm import save, save_figure  # noqa: E402  (the study scripts' JSON and figure writers)
+
+from mtlm.evaluation.exact_match import exact_match, read_prompt_targets  # noqa: E402
+from mtlm.training import run_config  # noqa: E402
+from mtlm.training.trainer import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 0.99
+
+
+@dataclass
+class Arm:
+    name: str
+    config: str  # a bundled run config
+    overrides: list[str] = field(default_factory=list)  # --set values
+    final: bool = False  # the bundled recipe as it stands: its test split is scored
+
+
+def reversed_data(folder: str) -> list[str]:
+    return ["data.arithmetic.reverse=true", f"data.arithmetic.out_dir=runs/data/{folder}"]
+
+
+ARMS = {arm.name: arm for arm in [
+    Arm("gpt2", "arithmetic-gpt2", final=True),
+    Arm("llama2", "arithmetic-llama2", final=True),
+    Arm("mixtral", "arithmetic-mixtral", final=True),
+    Arm("gpt2-reversed", "arithmetic-gpt2", reversed_data("add3-reversed"), final=True),
+    Arm("llama2-reversed", "arithmetic-llama2", reversed_data("add3-reversed"), final=True),
+    Arm("mixtral-reversed", "arithmetic-mixtral", reversed_data("add3-reversed"), final=True),
+]}
+
+
+def first_step_at(curve: list[dict], target: float = TARGET) -> int | None:
+    """The first evaluated step whose validation exact match reaches `target`."""
+    return next((point["step"] for point in curve if point["exact_match"] >= target), None)
+
+
+def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -> dict:
+    run = run_config.load(arm.config, [*arm.overrides, *extra_overrides, f"training.output_dir={runs / arm.name}",
+                                       f"training.eval_steps={eval_steps}", "training.save_strategy=no",
+                                       "training.disable_tqdm=true"])
+    started = time.perf_counter()
+    trainer = train(run, overwrite=True)
+    wall = time.perf_counter() - started
+    history = trainer.state.log_history
+    flops_at = {entry["step"]: entry["flos"] for entry in history if "eval_loss" in entry and "flos" in entry}
+    curve = [{"step": entry["step"], "flos": flops_at.get(entry["step"]), "exact_match": entry["eval_exact_match"]}
+             for entry in history if "eval_exact_match" in entry]
+    folder = Path(run["data"]["arithmetic"]["out_dir"])
+    tokenizer, model = trainer.processing_class, trainer.model
+    row = {
+        "config": arm.config, "overrides": arm.overrides, "parameters": model.num_parameters(),
+        "steps": trainer.state.global_step, "training_flops": trainer.state.total_flos, "wall_s": round(wall, 1),
+        "curve": curve, "steps_to_target": first_step_at(curve),
+        "validation": exact_match(model, tokenizer, read_prompt_targets(folder / "val.jsonl"), batch_size=256),
+    }
+    if arm.final:
+        rows = read_prompt_targets(folder / "test.jsonl")
+        started = time.perf_counter()
+        row["test"] = exact_match(model, tokenizer, rows, batch_size=256)
+        row["test_scoring_s"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def table(results: dict) -> str:
+    lines = ["| arm | params | steps | steps to 99% (validation) | validation | test | test by answer digits "
+             "(1 / 2 / 3 / 4) | wall | test scoring |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for name, row in results.items():
+        test, scoring = row.get("test"), row.get("test_scoring_s")
+        by_digits = " / ".join(f"{test['by_digits'][str(digits)]:.1%}" if str(digits) in test["by_digits"] else "–"
+                               for digits in range(1, 5)) if test else "–"
+        lines.append(
+            f"| {name} | {row['parameters']:,} | {row['steps']:,} | {row['steps_to_target'] or 'not reached'} "
+            f"| {row['validation']['exact_match']:.2%} | {test['exact_match'] if test else float('nan'):.2%} "
+            f"| {by_digits} | {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Validation exact match against steps and against training FLOPs, a line per arm (reversed answers dashed)."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, row in results.items():
+        style = "--" if "reversed" in name else "-"
+        steps = [point["step"] for point in row["curve"]]
+        flops = [point["flos"] for point in row["curve"]]
+        scores = [point["exact_match"] for point in row["curve"]]
+        (line,) = axes[0].plot(steps, scores, style, label=name)
+        axes[1].plot(flops, scores, style, color=line.get_color())
+    for axis, label in zip(axes, ("training steps", "training FLOPs")):
+        axis.axhline(TARGET, color="grey", lw=0.8, ls=":")
+        axis.set(xlabel=label, ylabel="greedy exact match (500 validation prompts)", ylim=(0, 1.02))
+        axis.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].legend(fontsize=8)
+    figure.suptitle("3-digit addition: exact match while training")
+    return save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(ARMS), help="arms to run, in this order")
+    parser.add_argument("--rerun", action="store_true", help="train again arms the results file already holds")
+    parser.add_argument("--eval-steps", type=int, default=500, help="steps between validation exact matches")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value of every arm's run config (a quick check: training.max_steps=20)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "arithmetic.json")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "arithmetic")
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "arithmetic.png")
+    args = parser.parse_args()
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    if not args.plot_only:
+        for name in args.only or ARMS:
+            if name in results and not args.rerun:
+                continue
+            print(f"=== {name} ===", flush=True)
+            results[name] = run_one(ARMS[name], args.runs, args.eval_steps, args.set)
+            save(results, args.results)
+            print(table({name: results[name]}), flush=True)
+    print(table(results))
+    print(f"wrote {plot(results, args.figure)}")
+
+
+if __name__ == "__main__":
+    main()
