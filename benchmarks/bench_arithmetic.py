@@ -23,7 +23,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from bench_tiny_lm import save, save_figure  # noqa: E402  (the study scripts' JSON and figure writers)
+from transformers import TrainerCallback  # noqa: E402
 
 from mtlm.evaluation.exact_match import exact_match, read_prompt_targets  # noqa: E402
 from mtlm.training import run_config  # noqa: E402
@@ -55,6 +57,37 @@ ARMS = {arm.name: arm for arm in [
 ]}
 
 
+class ExpertLoad(TrainerCallback):
+    """At every evaluation of a mixture-of-experts model: each layer's share of the top-k picks that go to each expert,
+    over the first `rows` validation texts (padding excluded). A router that collapses sends most picks to few
+    experts."""
+
+    def __init__(self, validation_file: Path, rows: int = 500):
+        self.validation_file, self.rows = validation_file, rows
+        self.batch = None
+        self.history = []  # [{"step", "load": [[share per expert] per layer]}]
+
+    @torch.no_grad()
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not hasattr(model.config, "num_local_experts") or (self.history and
+                                                               self.history[-1]["step"] == state.global_step):
+            return  # not a mixture, or the evaluations after training (validation, then test) at the same step
+        if self.batch is None:  # the run writes its data when it starts
+            texts = [row["text"] for row in read_prompt_targets(self.validation_file)[: self.rows]]
+            self.batch = processing_class(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        was_training = model.training
+        model.eval()
+        outputs = model(**self.batch.to(model.device), output_router_logits=True)
+        model.train(was_training)
+        real = self.batch["attention_mask"].flatten().bool()
+        loads = []
+        for logits in outputs.router_logits:
+            picks = logits[real].topk(model.config.num_experts_per_tok, dim=-1).indices.flatten()
+            counts = torch.bincount(picks, minlength=model.config.num_local_experts).float()
+            loads.append((counts / counts.sum()).tolist())
+        self.history.append({"step": state.global_step, "load": loads})
+
+
 def first_step_at(curve: list[dict], target: float = TARGET) -> int | None:
     """The first evaluated step whose validation exact match reaches `target`."""
     return next((point["step"] for point in curve if point["exact_match"] >= target), None)
@@ -64,19 +97,22 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
     run = run_config.load(arm.config, [*arm.overrides, *extra_overrides, f"training.output_dir={runs / arm.name}",
                                        f"training.eval_steps={eval_steps}", "training.save_strategy=no",
                                        "training.disable_tqdm=true"])
+    folder = Path(run["data"]["arithmetic"]["out_dir"])
+    load = ExpertLoad(folder / "val.jsonl")
     started = time.perf_counter()
-    trainer = train(run, overwrite=True)
+    trainer = train(run, overwrite=True, callbacks=(load,))
     wall = time.perf_counter() - started
     history = trainer.state.log_history
     flops_at = {entry["step"]: entry["flos"] for entry in history if "eval_loss" in entry and "flos" in entry}
-    curve = [{"step": entry["step"], "flos": flops_at.get(entry["step"]), "exact_match": entry["eval_exact_match"]}
-             for entry in history if "eval_exact_match" in entry]
-    folder = Path(run["data"]["arithmetic"]["out_dir"])
+    # Training ends with two evaluations at the last step (validation, then test), each scoring validation prompts.
+    curve = list({entry["step"]: {"step": entry["step"], "flos": flops_at.get(entry["step"]),
+                                  "exact_match": entry["eval_exact_match"]}
+                  for entry in history if "eval_exact_match" in entry}.values())
     tokenizer, model = trainer.processing_class, trainer.model
     row = {
         "config": arm.config, "overrides": arm.overrides, "parameters": model.num_parameters(),
         "steps": trainer.state.global_step, "training_flops": trainer.state.total_flos, "wall_s": round(wall, 1),
-        "curve": curve, "steps_to_target": first_step_at(curve),
+        "curve": curve, "steps_to_target": first_step_at(curve), "expert_load": load.history,
         "validation": exact_match(model, tokenizer, read_prompt_targets(folder / "val.jsonl"), batch_size=256),
     }
     if arm.final:
@@ -122,6 +158,24 @@ def plot(results: dict, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def plot_expert_load(results: dict, path: Path) -> Path | None:
+    """Each MoE arm's expert load while training: per layer, each expert's share of the top-k picks against steps."""
+    arms = {name: row["expert_load"] for name, row in results.items() if row.get("expert_load")}
+    if not arms:
+        return None
+    layers = len(next(iter(arms.values()))[0]["load"])
+    figure, axes = plt.subplots(len(arms), layers, figsize=(5 * layers, 3.2 * len(arms)), squeeze=False)
+    for row_axes, (name, history) in zip(axes, arms.items()):
+        steps = [point["step"] for point in history]
+        for layer, axis in enumerate(row_axes):
+            shares = list(zip(*[point["load"][layer] for point in history]))
+            axis.stackplot(steps, shares, labels=[f"expert {index}" for index in range(len(shares))])
+            axis.set(title=f"{name}: layer {layer}", xlabel="training steps", ylabel="share of top-k picks",
+                     ylim=(0, 1))
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    return save_figure(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(ARMS), help="arms to run, in this order")
@@ -145,6 +199,9 @@ def main() -> None:
             print(table({name: results[name]}), flush=True)
     print(table(results))
     print(f"wrote {plot(results, args.figure)}")
+    loads = plot_expert_load(results, args.figure.with_name(f"{args.figure.stem}-expert-load.png"))
+    if loads:
+        print(f"wrote {loads}")
 
 
 if __name__ == "__main__":
