@@ -294,6 +294,11 @@ def rate_key(learning_rate: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
+def run_folder(runs: Path, name: str, budget: str, rate: str) -> Path:
+    """Where the model of `name` trained at `budget` and learning rate `rate` (its key) is kept."""
+    return runs / f"{name}-{budget}-lr{rate}"
+
+
 def best_run(results: dict, budget: str, name: str) -> tuple[str, dict] | tuple[None, None]:
     """The learning rate (its key) and the row of `name`'s lowest held-out bits per byte at `budget`."""
     runs = results.get(budget, {}).get(name, {})
@@ -366,7 +371,8 @@ def learning_rates(chosen: list[str], results: dict, name: str) -> list[float]:
         return [float(rate) for rate in chosen]
     rate, _ = best_run(results, "small", name)
     if rate is None:
-        raise SystemExit(f"--learning-rates best: {name} has no small-budget run to take its best rate from.")
+        raise SystemExit(f"--learning-rates best: {name} has no small-budget run to take its best rate from; train it "
+                         "at the small budget first (--budgets small --learning-rates 5e-4 1e-3 2e-3).")
     return [float(rate)]
 
 
@@ -395,17 +401,18 @@ def main() -> None:
             trained = results.setdefault(budget, {})
             for name in [] if args.speed_only else args.only or ARMS:
                 for rate in learning_rates(args.learning_rates, results, name):
-                    if rate_key(rate) in trained.get(name, {}) and not args.rerun:
+                    key = rate_key(rate)
+                    if key in trained.get(name, {}) and not args.rerun:
                         continue
-                    print(f"=== {name} at {budget} ({BUDGETS[budget]:.0e} FLOPs), learning rate {rate_key(rate)} ===", flush=True)
+                    print(f"=== {name} at {budget} ({BUDGETS[budget]:.0e} FLOPs), learning rate {key} ===", flush=True)
                     row = run_one(ARMS[name], args.scale * BUDGETS[budget], texts,
-                                  args.runs / f"{name}-{budget}-lr{rate_key(rate)}", rate)
-                    trained.setdefault(name, {})[rate_key(rate)] = row
+                                  run_folder(args.runs, name, budget, key), rate)
+                    trained.setdefault(name, {})[key] = row
                     save(results, args.results)
                     print(json.dumps(row, indent=1), flush=True)
             best = {name: best_run(results, budget, name) for name in ARMS}
-            folders = {name: args.runs / f"{name}-{budget}-lr{rate}" for name, (rate, _) in best.items()
-                       if rate is not None and (args.runs / f"{name}-{budget}-lr{rate}" / "config.json").exists()}
+            folders = {name: run_folder(args.runs, name, budget, rate) for name, (rate, _) in best.items()
+                       if rate is not None and (run_folder(args.runs, name, budget, rate) / "config.json").exists()}
             if args.speed_rounds and folders:
                 print(f"=== generation at {budget}: {', '.join(folders)} ===", flush=True)
                 for name, speed in generation_speeds(folders, texts[1][:200], args.speed_rounds).items():

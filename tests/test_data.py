@@ -221,7 +221,7 @@ def test_arithmetic_command_writes_disjoint_deterministic_splits(tmp_path):
     assert loaded["test"][0] == splits["test"][0]
 
 
-def test_reversed_arithmetic_teaches_digits_least_significant_first_and_is_scored_in_the_usual_order(tmp_path):
+def test_reversed_arithmetic_teaches_digits_least_significant_first_and_is_scored_in_the_usual_order():
     plain = arithmetic.generate(200, ops="+-", seed=3)
     flipped = arithmetic.generate(200, ops="+-", seed=3, reverse=True)
     assert [row["target"] for row in plain] == [row["target"] for row in flipped]

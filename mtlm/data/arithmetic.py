@@ -145,9 +145,9 @@ def ensure_splits(out_dir: str | os.PathLike, **generate_kwargs) -> None:
         write_splits(out_dir, **generate_kwargs)
         return
     wanted = generation_settings(**generate_kwargs)
-    recorded = json.loads((out_dir / SETTINGS_FILE).read_text()) if (out_dir / SETTINGS_FILE).is_file() else None
-    if recorded is None:  # written before the settings were recorded: the seed's format, answers in order
-        recorded = {**wanted, "reverse": False} if wanted["reverse"] else wanted
+    # A folder written before the settings were recorded holds the seed's format: answers in the usual order.
+    recorded = json.loads((out_dir / SETTINGS_FILE).read_text()) if (out_dir / SETTINGS_FILE).is_file() \
+        else {**wanted, "reverse": False}
     if recorded != wanted:
         differences = ", ".join(f"{name}={recorded.get(name)!r} there, {value!r} here"
                                 for name, value in wanted.items() if recorded.get(name) != value)
