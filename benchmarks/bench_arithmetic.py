@@ -10,6 +10,7 @@ Results go to benchmarks/results/arithmetic.json (finished arms are kept: the st
 docs/arithmetic.png (exact match against steps and against training FLOPs) are redrawn from it:
 
     python benchmarks/bench_arithmetic.py --only gpt2 llama2 mixtral
+    python benchmarks/bench_arithmetic.py --only sub mul div sum3     # the other operators, Llama-2
     python benchmarks/bench_arithmetic.py --plot-only
 """
 
@@ -54,6 +55,7 @@ ARMS = {arm.name: arm for arm in [
     Arm("gpt2-reversed", "arithmetic-gpt2", reversed_data("add3-reversed"), final=True),
     Arm("llama2-reversed", "arithmetic-llama2", reversed_data("add3-reversed"), final=True),
     Arm("mixtral-reversed", "arithmetic-mixtral", reversed_data("add3-reversed"), final=True),
+    *[Arm(operator, f"arithmetic-{operator}", final=True) for operator in ("sub", "mul", "div", "sum3")],
 ]}
 
 
@@ -154,7 +156,7 @@ def plot(results: dict, path: Path) -> Path:
         axis.grid(alpha=0.3)
     axes[1].set_xscale("log")
     axes[0].legend(fontsize=8)
-    figure.suptitle("3-digit addition: exact match while training")
+    figure.suptitle("Arithmetic (3-digit addition unless named): exact match while training")
     return save_figure(figure, path)
 
 

@@ -98,7 +98,7 @@ def _tokenizer(args: argparse.Namespace) -> None:
 def _data_arithmetic(args: argparse.Namespace) -> None:
     counts = arithmetic.write_splits(
         args.out_dir, n_samples=args.n_samples, n_operands=args.N, low=args.A, high=args.B, ops=args.ops,
-        seed=args.seed, reverse=args.reverse,
+        seed=args.seed, reverse=args.reverse, division=args.division,
     )
     print(f"Wrote {', '.join(f'{name}.jsonl ({count:,})' for name, count in counts.items())} to {args.out_dir}")
 
@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     arith.add_argument("--reverse", action="store_true",
                        help="write each answer's digits least significant first in the text the model learns; "
                        "targets stay as written, and exact match reverses predictions back")
+    arith.add_argument("--division", choices=arithmetic.DIVISION_RULES, default="reject",
+                       help="exact division by rejection (reject: the seed's rule; [0, 999] holds ~8,500 exact "
+                       "pairs), or construct: a leading division's dividend is a divisor in [max(A, 1), B] times a "
+                       "quotient in [A, B]")
     arith.set_defaults(handler=_data_arithmetic)
 
     train = commands.add_parser(

@@ -156,6 +156,26 @@ def test_generation_chunk_by_chunk_with_the_core_cache_equals_rereading_everythi
     torch.testing.assert_close(torch.stack(cached.logits), torch.stack(reread.logits), rtol=1e-4, atol=1e-4)
 
 
+def test_a_generation_step_runs_the_core_only_for_the_rows_that_end_a_chunk():
+    model = tiny(std=0.1, chunk_boundary="space")
+    batch = torch.stack([byte_ids(7, batch=1, seed=3)[0], torch.cat([torch.full((3,), 256), byte_ids(4, seed=5)[0]])])
+    mask = (batch != 256).long()
+    stepped_rows = []
+    hook = model.model.core.layers[0].register_forward_hook(lambda module, args, output: stepped_rows.append(
+        args[0].shape[0]))
+    torch.manual_seed(0)
+    new_ids = 40
+    sequences = model.generate(batch, attention_mask=mask, max_new_tokens=new_ids, do_sample=True, top_k=40,
+                               pad_token_id=256)
+    hook.remove()
+    full_mask = torch.cat([mask, torch.ones(2, new_ids, dtype=mask.dtype)], dim=1)
+    # Every id fed after the prompt (all new ones but the last) that ends its row's chunk steps that row alone.
+    ends = chunk_layout(sequences, full_mask, model.config).ends[:, batch.shape[1]:-1]
+    assert stepped_rows[0] == 2  # the prompt, both rows at once
+    assert sorted(stepped_rows[1:]) == sorted(int(count) for count in ends.sum(0) if count)
+    assert 1 in stepped_rows[1:]  # the rows did end chunks at different steps
+
+
 @pytest.fixture(scope="module")
 def bpe_boundaries():
     return bpe_tokenizer([SHAKESPEARE], 400).backend_tokenizer

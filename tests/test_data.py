@@ -234,6 +234,25 @@ def test_reversed_arithmetic_teaches_digits_least_significant_first_and_is_score
     assert read_answer(plain[0], plain[0]["target"]) == plain[0]["target"]
 
 
+def test_constructed_division_is_exact_and_spans_the_range_rejection_cannot_fill():
+    with pytest.raises(UsageError, match="Found only"):  # [0, 99] holds ~480 exact pairs a/b
+        arithmetic.generate(2000, high=99, ops="/")
+    rows = arithmetic.generate(2000, high=99, ops="/", division="construct", seed=1)
+    pairs = [tuple(map(int, row["prompt"][:-1].split("/"))) for row in rows]
+    assert all(dividend == divisor * int(row["target"]) for (dividend, divisor), row in zip(pairs, rows))
+    assert {divisor for _, divisor in pairs} == set(range(1, 100))
+    assert {int(row["target"]) for row in rows} == set(range(100))
+    assert max(dividend for dividend, _ in pairs) > 99
+    mixed = arithmetic.generate(300, n_operands=3, high=99, ops="+/", division="construct", seed=2)
+    for row in mixed:  # a leading division is constructed, a later one still kept only where exact
+        numbers = [int(x) for x in row["prompt"][:-1].replace("+", " ").replace("/", " ").split()]
+        assert int(row["target"]) == arithmetic.evaluate(numbers, "".join(c for c in row["prompt"] if c in "+/"))
+    with pytest.raises(UsageError, match="needs '/' among the operators"):
+        arithmetic.generate(10, ops="+", division="construct")
+    with pytest.raises(UsageError, match="division='round' is not a rule"):
+        arithmetic.generate(10, ops="/", division="round")
+
+
 def test_an_arithmetic_folder_made_with_other_settings_is_refused_not_reused(tmp_path):
     from mtlm.training.datasets import load_texts
 
@@ -243,6 +262,11 @@ def test_an_arithmetic_folder_made_with_other_settings_is_refused_not_reused(tmp
     assert load_texts({**data, "arithmetic": {**data["arithmetic"], "ops": ["+"]}})["train"].num_rows == 80
     with pytest.raises(UsageError, match=r"other settings \(reverse=False there, True here\)"):
         load_texts({**data, "arithmetic": {**data["arithmetic"], "reverse": True}})
+    with pytest.raises(UsageError, match=r"division='reject' there, 'construct' here\)"):
+        load_texts({**data, "arithmetic": {**data["arithmetic"], "ops": "+/", "division": "construct"}})
+    settings = tmp_path / "add" / arithmetic.SETTINGS_FILE  # as written before `division` was recorded
+    settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "division"}))
+    assert load_texts(data)["train"].num_rows == 80
     assert (tmp_path / "add" / "train.jsonl").read_text() == written
 
 

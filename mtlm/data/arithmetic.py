@@ -4,6 +4,11 @@ Expressions of `n_operands` integers drawn uniformly from [low, high] and operat
 right as a running total (no precedence); division only where it is exact; negative results allowed. Prompts are
 unique, so no prompt appears in two splits.
 
+Exact division by rejection (`division="reject"`, the seed's rule) keeps few expressions: [0, 999] holds only about
+8,500 exact pairs a/b. With `division="construct"` an expression that starts with a division draws its divisor from
+[max(low, 1), high] and its quotient from [low, high] and writes their product as the dividend ("123456/789="), so
+the divisor and the answer span the range and the dividend has up to twice the digits.
+
 With `reverse`, the text the model learns writes the answer's digits least significant first (the sign stays in
 front): `"<bos>554+456=0101<eos>"`, which makes carrying learnable by small models (Lee et al., 2023, "Teaching
 Arithmetic to Small Transformers"). Such rows carry `"reversed": true`; their target stays the answer as written
@@ -25,6 +30,7 @@ from .sources import load_local_files
 OPERATORS = "+-*/"
 SETTINGS_FILE = "generation.json"
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+DIVISION_RULES = ("reject", "construct")
 
 
 def parse_ops(ops: list[str] | str) -> str:
@@ -60,13 +66,18 @@ def reverse_digits(answer: str) -> str:
 
 
 def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999, ops: str = "+",
-             seed: int = 0, reverse: bool = False) -> list[dict]:
+             seed: int = 0, reverse: bool = False, division: str = "reject") -> list[dict]:
     """`n_samples` unique examples; a ValueError before any work when the range cannot hold that many."""
+    if division not in DIVISION_RULES:
+        raise UsageError(f"division={division!r} is not a rule: use one of {', '.join(DIVISION_RULES)}.")
     if n_operands < 2:
         raise UsageError(f"--N (operands per expression) must be at least 2, got {n_operands}.")
     if low < 0 or high < low:
         raise UsageError(f"Operands are written without a sign: need 0 <= --A <= --B, got A={low}, B={high}.")
     ops = parse_ops(ops)
+    if division == "construct" and ("/" not in ops or high < 1):
+        raise UsageError(f"division='construct' draws a divisor from [max(A, 1), B]: it needs '/' among the "
+                         f"operators and B >= 1 (got ops={ops!r}, B={high}).")
     possible = (high - low + 1) ** n_operands * len(ops) ** (n_operands - 1)
     if n_samples > possible:
         raise UsageError(
@@ -81,10 +92,14 @@ def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999,
         if attempts > max_attempts:
             raise UsageError(
                 f"Found only {len(examples):,} unique valid expressions of the {n_samples:,} asked for (exact "
-                f"division rules out most of this range): widen the range or ask for fewer samples."
+                f"division rules out most of this range): widen the range, ask for fewer samples, or draw "
+                f"divisor and quotient (division='construct')."
             )
         operands = [rng.randint(low, high) for _ in range(n_operands)]
         operators = "".join(rng.choice(ops) for _ in range(n_operands - 1))
+        if division == "construct" and operators[0] == "/":
+            operands[1] = rng.randint(max(low, 1), high)  # the divisor; operands[0] was drawn as the quotient
+            operands[0] *= operands[1]
         prompt = "".join(f"{a}{op}" for a, op in zip(operands, operators)) + f"{operands[-1]}="
         if prompt in seen:
             continue
@@ -145,9 +160,12 @@ def ensure_splits(out_dir: str | os.PathLike, **generate_kwargs) -> None:
         write_splits(out_dir, **generate_kwargs)
         return
     wanted = generation_settings(**generate_kwargs)
-    # A folder written before the settings were recorded holds the seed's format: answers in the usual order.
-    recorded = json.loads((out_dir / SETTINGS_FILE).read_text()) if (out_dir / SETTINGS_FILE).is_file() \
-        else {**wanted, "reverse": False}
+    # A folder written before a setting was recorded was made the seed's way: answers in the usual order, exact
+    # division by rejection.
+    seeds_way = {"reverse": False, "division": "reject"}
+    settings_file = out_dir / SETTINGS_FILE
+    recorded = {**seeds_way, **json.loads(settings_file.read_text())} if settings_file.is_file() \
+        else {**wanted, **seeds_way}
     if recorded != wanted:
         differences = ", ".join(f"{name}={recorded.get(name)!r} there, {value!r} here"
                                 for name, value in wanted.items() if recorded.get(name) != value)

@@ -349,28 +349,31 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
                                   dtype=input_ids.dtype, device=input_ids.device)
             open_ids[:, : layout.grid.shape[-1]] = torch.where(last_ends[:, None], self.config.pad_token_id,
                                                                layout.grid[rows, last_chunk[:, 0]])
-            cache = MtlmByteCache(core_cache=core_cache, core_mask=finished, chunk_ids=open_ids,
+            cache = MtlmByteCache(core_cache=ChunkCache.from_prefill(core_cache, finished), chunk_ids=open_ids,
                                   chunk_length=torch.where(last_ends, 0, layout.slot[:, -1] + 1),
                                   seen=input_ids.shape[1], slots=self.config.max_chunk_bytes)
-            self.start_chunks(cache, contexts[rows, next_chunk[:, -1]], torch.ones_like(last_ends))
+            self.start_chunks(cache, contexts[rows, next_chunk[:, -1]], rows)
             outputs[CACHE_NAME] = cache
         return outputs
 
     def start_chunks(self, cache: "MtlmByteCache", contexts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Give the `rows` (batch,) bool their new context (batch, hidden): the parallel decoder spells out every slot
-        of the chunk now; the causal one runs through the slots the chunk already holds. Returns every row's decoder
-        state at the slot it is at: (batch, decoder width)."""
+        """Give the `rows` (n,) their new contexts (n, hidden): the parallel decoder spells out every slot of their
+        chunk now; the causal one runs through the slots the chunk already holds. Returns every row's decoder state
+        at the slot it is at: (batch, decoder width)."""
         slot_inputs = self.decoder.slot_inputs(contexts)
-        cache.slot_inputs = slot_inputs if cache.slot_inputs is None else torch.where(
-            rows[:, None, None], slot_inputs, cache.slot_inputs)
+        if cache.slot_inputs is None:
+            cache.slot_inputs = slot_inputs.new_zeros((cache.chunk_ids.shape[0], *slot_inputs.shape[1:]))
+        cache.slot_inputs[rows] = slot_inputs
         if not self.decoder.causal:
             slot_states = self.decoder(contexts[:, None], None, self.config.max_chunk_bytes)[:, 0]
-            cache.slot_states = slot_states if cache.slot_states is None else torch.where(
-                rows[:, None, None], slot_states, cache.slot_states)
+            if cache.slot_states is None:
+                cache.slot_states = slot_states.new_zeros((cache.chunk_ids.shape[0], *slot_states.shape[1:]))
+            cache.slot_states[rows] = slot_states
             return self.spell(cache, cache.chunk_length)
+        starting = torch.zeros_like(cache.chunk_length, dtype=torch.bool).index_fill(0, rows, True)
         for slot in range(int(cache.chunk_length[rows].max()) + 1):
             # A row past its own slot, or not starting a chunk, computes the slot it is at again: same keys, values.
-            state = self.spell(cache, torch.where(rows, cache.chunk_length.clamp(max=slot), cache.chunk_length))
+            state = self.spell(cache, torch.where(starting, cache.chunk_length.clamp(max=slot), cache.chunk_length))
         return state
 
     def spell(self, cache: "MtlmByteCache", slot: torch.Tensor) -> torch.Tensor:
@@ -381,9 +384,23 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
         previous = cache.chunk_ids[rows, (slot - 1).clamp(min=0)]
         return self.decoder.step(cache.slot_inputs[rows, slot], previous, slot, cache.decoder_cache)
 
+    def core_step(self, vectors: torch.Tensor, rows: torch.Tensor, cache: "ChunkCache") -> torch.Tensor:
+        """The core one chunk further for the `rows` (n,) only, their chunk vectors (n, hidden) -> their core states
+        (n, hidden). The other rows' keys and values wait untouched in `cache`."""
+        positions = cache.lengths[rows]
+        cache.start_step(rows)
+        hidden_states, position_embeddings = self.core.apply_positions(vectors[:, None], positions[:, None])
+        allowed = torch.arange(cache.capacity, device=rows.device) <= positions[:, None]
+        mask = additive_mask(allowed[:, None, :], hidden_states.dtype)
+        for layer in self.core.layers:
+            hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=position_embeddings,
+                                  cache=cache)
+        cache.lengths[rows] += 1
+        return self.core.norm(hidden_states)[:, 0]
+
     def step(self, ids: torch.Tensor, cache: "MtlmByteCache") -> torch.Tensor:
         """One id per row after the ids `cache` holds -> (batch, decoder width), the decoder's state for the id
-        after it. A row whose chunk this id ends runs the encoder on that chunk and the core one step; every other
+        after it. Only the rows whose chunk this id ends run the encoder on that chunk and the core one step; every
         row runs the decoder at one slot (the causal decoder) or nothing at all (the parallel one)."""
         rows = torch.arange(ids.shape[0], device=ids.device)
         cache.chunk_ids[rows, cache.chunk_length] = ids
@@ -391,35 +408,72 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
         ends = ends_a_chunk(ids, self.config) | (length == self.config.max_chunk_bytes)
         cache.seen += 1
         if ends.any():
-            slots = int(length.max())
-            occupied = torch.arange(slots, device=ids.device) < length[:, None]
-            vectors = self.encoder(cache.chunk_ids[:, None, :slots], occupied[:, None])
-            core_mask = torch.cat([cache.core_mask, ends[:, None].long()], dim=1)
-            positions = cache.core_mask.sum(1, keepdim=True)
-            core_states = self.core(inputs_embeds=vectors, attention_mask=core_mask, position_ids=positions,
-                                    cache=cache.core_cache, use_cache=True).last_hidden_state[:, 0]
-            cache.core_mask = core_mask
-            cache.chunk_ids = cache.chunk_ids.masked_fill(ends[:, None], self.config.pad_token_id)
+            ending = ends.nonzero()[:, 0]
+            slots = int(length[ending].max())
+            occupied = torch.arange(slots, device=ids.device) < length[ending, None]
+            vectors = self.encoder(cache.chunk_ids[ending, None, :slots], occupied[:, None])[:, 0]
+            core_states = self.core_step(vectors, ending, cache.core_cache)
+            cache.chunk_ids[ending] = self.config.pad_token_id
             cache.chunk_length = torch.where(ends, 0, length)
-            return self.start_chunks(cache, core_states, ends)
+            return self.start_chunks(cache, core_states, ending)
         cache.chunk_length = length
         return self.spell(cache, length)
 
 
+class ChunkCache:
+    """The core's keys and values over each row's finished chunks, kept per row (keys, values: one (batch,
+    kv heads, capacity, head dim) per layer; lengths (batch,): the chunks a row holds, from slot 0), so that a
+    generation step runs the core on just the rows that finished a chunk (`start_step`), the rest waiting."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], lengths: torch.Tensor):
+        self.keys, self.values, self.lengths, self.rows = keys, values, lengths, None
+
+    @classmethod
+    def from_prefill(cls, cache: DynamicCache, finished: torch.Tensor) -> "ChunkCache":
+        """The prompt's core cache, whose columns hold a row's finished chunks where `finished` (batch, columns) is
+        1, packed to the front of each row in order."""
+        order = torch.sort((finished == 0).int(), dim=1, stable=True).indices[:, None, :, None]
+
+        def packed(states: torch.Tensor) -> torch.Tensor:
+            return states.gather(2, order.expand_as(states))
+
+        return cls([packed(layer.keys) for layer in cache.layers], [packed(layer.values) for layer in cache.layers],
+                   finished.sum(1))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def start_step(self, rows: torch.Tensor):
+        """The next core step writes one chunk for the `rows` (n,), each at its own length: make room for it."""
+        self.rows = rows
+        needed = int(self.lengths[rows].max()) + 1
+        if needed > self.capacity:
+            room = max(needed, 2 * self.capacity) - self.capacity
+            self.keys = [nn.functional.pad(states, (0, 0, 0, room)) for states in self.keys]
+            self.values = [nn.functional.pad(states, (0, 0, 0, room)) for states in self.values]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """key_states, value_states: (n, kv heads, 1, head dim) of the stepping rows -> all their chunks' keys and
+        values: (n, kv heads, capacity, head dim)."""
+        positions = self.lengths[self.rows]
+        self.keys[layer_idx][self.rows, :, positions] = key_states[:, :, 0]
+        self.values[layer_idx][self.rows, :, positions] = value_states[:, :, 0]
+        return self.keys[layer_idx][self.rows], self.values[layer_idx][self.rows]
+
+
 class MtlmByteCache:
-    """What generation carries from one step to the next: the core's KV cache over the finished chunks
-    (core_mask (batch, core steps): 1 where a step holds a row's finished chunk, 0 where another row's chunk
-    finished), and each row's open chunk — its ids so far (chunk_ids (batch, max_chunk_bytes), pad after
+    """What generation carries from one step to the next: the core's keys and values over each row's finished
+    chunks (core_cache), and each row's open chunk — its ids so far (chunk_ids (batch, max_chunk_bytes), pad after
     chunk_length), the decoder's inputs from its context (slot_inputs (batch, slots, width)), and the decoder's
     work on it: every slot's state (slot_states, parallel decoder) or its slots' keys and values (decoder_cache,
     causal decoder)."""
 
     is_compileable = False
 
-    def __init__(self, core_cache: DynamicCache, core_mask: torch.Tensor, chunk_ids: torch.Tensor,
-                 chunk_length: torch.Tensor, seen: int, slots: int):
-        self.core_cache, self.core_mask, self.chunk_ids, self.chunk_length = core_cache, core_mask, chunk_ids, \
-            chunk_length
+    def __init__(self, core_cache: ChunkCache, chunk_ids: torch.Tensor, chunk_length: torch.Tensor, seen: int,
+                 slots: int):
+        self.core_cache, self.chunk_ids, self.chunk_length = core_cache, chunk_ids, chunk_length
         self.seen, self.slot_inputs, self.slot_states, self.decoder_cache = seen, None, None, SlotCache(slots)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -31,7 +31,7 @@ DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "s
              "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
-                   "seed": int, "reverse": bool}
+                   "seed": int, "reverse": bool, "division": str}
 FLAX_KEYS = {"data_parallel": int | None, "fsdp": int}  # the device mesh of --backend flax
 # transformers' EarlyStoppingCallback: stop after `patience` evaluations without an improvement above `threshold`.
 EARLY_STOPPING_KEYS = {"patience": int, "threshold": float}
