@@ -32,9 +32,11 @@ one, beside the rates tried. The large budget takes each arm's best rate at the 
 
     python benchmarks/bench_bytes.py --budgets small --learning-rates 5e-4 1e-3 2e-3
     python benchmarks/bench_bytes.py --budgets large --learning-rates best
+    python benchmarks/bench_bytes.py --budgets small --learning-rates best --seeds 0 1 2 --only llama-byte byte-best
 """
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -149,8 +151,8 @@ class BltFixedPatches(BltForCausalLM):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
 
 
-def make_model(arm: Arm, tokenizer, block: int):
-    torch.manual_seed(0)
+def make_model(arm: Arm, tokenizer, block: int, seed: int):
+    torch.manual_seed(seed)
     special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if arm.name == "blt":
@@ -261,20 +263,20 @@ def generation_speeds(folders: dict[str, Path], prompt: str, rounds: int, batch:
     return {name: generated[name] / seconds[name] for name in arms}
 
 
-def run_one(arm: Arm, budget: float, texts: tuple[str, str], folder: Path, learning_rate: float) -> dict:
+def run_one(arm: Arm, budget: float, texts: tuple[str, str], folder: Path, learning_rate: float, seed: int) -> dict:
     train_text, held_out = texts
     tokenizer = make_tokenizer(arm, train_text)
     dataset, block = training_blocks(tokenizer, train_text)
-    model = make_model(arm, tokenizer, block)
+    model = make_model(arm, tokenizer, block, seed)
     per_step = step_flops(model, dataset)
     steps = max(1, round(budget / per_step))
     arguments = TrainingArguments(
         output_dir=str(folder), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=learning_rate,
         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.1, max_grad_norm=1.0,
-        logging_steps=max(1, steps // 20), save_strategy="no", report_to=[], seed=0, dataloader_drop_last=True,
+        logging_steps=max(1, steps // 20), save_strategy="no", report_to=[], seed=seed, dataloader_drop_last=True,
         disable_tqdm=True, remove_unused_columns=False)
     started = time.perf_counter()
-    trainer = Trainer(model=model, args=arguments, train_dataset=dataset.shuffle(seed=0),
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset.shuffle(seed=seed),
                       data_collator=default_data_collator)
     trainer.train()
     wall = time.perf_counter() - started
@@ -300,9 +302,9 @@ def rate_key(learning_rate: float) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
-def run_folder(runs: Path, name: str, budget: str, rate: str) -> Path:
-    """Where the model of `name` trained at `budget` and learning rate `rate` (its key) is kept."""
-    return runs / f"{name}-{budget}-lr{rate}"
+def run_folder(runs: Path, name: str, budget: str, rate: str, seed: int = 0) -> Path:
+    """Where the model of `name` trained at `budget` and learning rate `rate` (its key) from `seed` is kept."""
+    return runs / (f"{name}-{budget}-lr{rate}" + (f"-seed{seed}" if seed else ""))
 
 
 def best_run(results: dict, budget: str, name: str) -> tuple[str, dict] | tuple[None, None]:
@@ -311,6 +313,14 @@ def best_run(results: dict, budget: str, name: str) -> tuple[str, dict] | tuple[
     if not runs:
         return None, None
     return min(runs.items(), key=lambda item: item[1]["bits_per_byte"])
+
+
+def bits_per_byte(row: dict) -> str:
+    """A row's held-out bits per byte, and its mean ± standard deviation over seeds where other seeds ran."""
+    scores = [row["bits_per_byte"], *row.get("seed_bits_per_byte", {}).values()]
+    if len(scores) == 1:
+        return f"{scores[0]:.3f}"
+    return f"{scores[0]:.3f} ({len(scores)} seeds: {np.mean(scores):.3f} ± {np.std(scores, ddof=1):.3f})"
 
 
 def table(results: dict) -> str:
@@ -334,7 +344,7 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {name} | {budget} | {row['parameters']:,} ({row['embedding_parameters']:,}) "
                 f"| {row['ids_per_byte']:.3f} | {row['training_flops']:.2e} | {row['steps']} ({row['epochs']:.1f}) "
-                f"| {rate} ({len(results[budget][name])}) | {row['bits_per_byte']:.3f} | {' | '.join(speeds)} "
+                f"| {rate} ({len(results[budget][name])}) | {bits_per_byte(row)} | {' | '.join(speeds)} "
                 f"| {row['wall_s'] / 60:.1f} min |")
     return "\n".join(lines)
 
@@ -395,6 +405,9 @@ def main() -> None:
     parser.add_argument("--learning-rates", nargs="+", default=["2e-3"],
                         help="peak learning rates to train every arm at (cosine decay, 5%% warm-up), or 'best': "
                         "each arm's best at the small budget")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="training seeds (initialisation and data order); seed 0's run is the arm's row, other "
+                        "seeds add their held-out score to it")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the budgets (a quick check: 1e-3)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
     parser.add_argument("--speed-rounds", type=int, default=3,
@@ -411,16 +424,24 @@ def main() -> None:
         for budget in args.budgets:
             trained = results.setdefault(budget, {})
             for name in [] if args.speed_only else args.only or ARMS:
-                for rate in learning_rates(args.learning_rates, results, name):
+                for rate, seed in itertools.product(learning_rates(args.learning_rates, results, name), args.seeds):
                     key = rate_key(rate)
-                    if key in trained.get(name, {}) and not args.rerun:
+                    row = trained.get(name, {}).get(key)
+                    if not args.rerun and row and (seed == 0 or str(seed) in row.get("seed_bits_per_byte", {})):
                         continue
-                    print(f"=== {name} at {budget} ({BUDGETS[budget]:.0e} FLOPs), learning rate {key} ===", flush=True)
-                    row = run_one(ARMS[name], args.scale * BUDGETS[budget], texts,
-                                  run_folder(args.runs, name, budget, key), rate)
-                    trained.setdefault(name, {})[key] = row
+                    if seed and not row:
+                        raise SystemExit(f"--seeds {seed}: train {name} at {budget}, learning rate {key} from seed 0 "
+                                         "first (list 0 among --seeds).")
+                    print(f"=== {name} at {budget} ({BUDGETS[budget]:.0e} FLOPs), learning rate {key}, seed {seed} ===",
+                          flush=True)
+                    run = run_one(ARMS[name], args.scale * BUDGETS[budget], texts,
+                                  run_folder(args.runs, name, budget, key, seed), rate, seed)
+                    if seed:  # the table and the figure read seed 0's row; other seeds add their score to it
+                        row.setdefault("seed_bits_per_byte", {})[str(seed)] = run["bits_per_byte"]
+                    else:
+                        trained.setdefault(name, {})[key] = run
                     save(results, args.results)
-                    print(json.dumps(row, indent=1), flush=True)
+                    print(json.dumps(run, indent=1), flush=True)
             best = {name: best_run(results, budget, name) for name in ARMS}
             folders = {name: run_folder(args.runs, name, budget, rate) for name, (rate, _) in best.items()
                        if rate is not None and (run_folder(args.runs, name, budget, rate) / "config.json").exists()}
