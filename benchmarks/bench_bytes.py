@@ -63,12 +63,14 @@ from transformers import (  # noqa: E402
     TrainingArguments,
     default_data_collator,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
 
 import mtlm  # noqa: E402, F401  (registers the families with the Auto classes)
 from mtlm.data.sources import TINY_SHAKESPEARE  # noqa: E402
 from mtlm.data.tokenization import bpe_tokenizer, byte_tokenizer, char_tokenizer, read_corpus  # noqa: E402
 from mtlm.data.tokenization_mtlm_byte import MtlmByteTokenizer  # noqa: E402
 from mtlm.evaluation.perplexity import perplexity  # noqa: E402
+from mtlm.families import MtlmLlamaForCausalLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Training FLOPs: about 6 and 12 CPU minutes for llama-byte (a budget's eleven arms: about 75 and 150 minutes here).
@@ -149,6 +151,21 @@ class BltFixedPatches(BltForCausalLM):
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+
+
+class GenerateAlone(MtlmLlamaForCausalLM):
+    """No network: uniform logits over the 256 bytes. Sampled from like the arms, it times what generate() itself
+    costs per step (logits processors, sampling, stopping checks, bookkeeping): the most bytes per second any model
+    can reach through generate() on this machine."""
+
+    def forward(self, input_ids=None, **kwargs):
+        logits = torch.zeros(input_ids.shape[0], 1, self.config.vocab_size)
+        logits[..., 256:] = torch.finfo(logits.dtype).min
+        return CausalLMOutputWithPast(logits=logits)
+
+
+# The speed table's reference row: generate() with no network behind it, loaded from llama-byte's folder.
+GENERATE_ALONE = "generate() alone"
 
 
 def make_model(arm: Arm, tokenizer, block: int, seed: int):
@@ -246,7 +263,7 @@ def generation_speeds(folders: dict[str, Path], prompt: str, rounds: int, batch:
     arms = {}
     for name, folder in folders.items():
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model_class = BltFixedPatches if name == "blt" else AutoModelForCausalLM
+        model_class = {"blt": BltFixedPatches, GENERATE_ALONE: GenerateAlone}.get(name, AutoModelForCausalLM)
         model = model_class.from_pretrained(folder).eval()
         model.generation_config.use_cache = name != "blt"
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -346,6 +363,11 @@ def table(results: dict) -> str:
                 f"| {row['ids_per_byte']:.3f} | {row['training_flops']:.2e} | {row['steps']} ({row['epochs']:.1f}) "
                 f"| {rate} ({len(results[budget][name])}) | {bits_per_byte(row)} | {' | '.join(speeds)} "
                 f"| {row['wall_s'] / 60:.1f} min |")
+        alone = results.get(budget, {}).get(GENERATE_ALONE, {}).get("generated_bytes_per_s")
+        if alone:
+            speeds = [f"{alone[batch]:,.0f} ({alone[batch] / reference[batch]:.2f}×)" if batch in alone else "–"
+                      for batch in map(str, SPEED_BATCHES)]
+            lines.append(f"| {GENERATE_ALONE} (no network) | {budget} | | | | | | | {' | '.join(speeds)} | |")
     return "\n".join(lines)
 
 
@@ -448,10 +470,13 @@ def main() -> None:
             for batch, new_bytes in SPEED_BATCHES.items() if args.speed_rounds and folders else ():
                 # BLT through our wrapper has no KV cache: each step reads every row again, too slow to time batched.
                 timed = {name: folder for name, folder in folders.items() if batch == 1 or name != "blt"}
+                if "llama-byte" in folders:
+                    timed[GENERATE_ALONE] = folders["llama-byte"]
                 print(f"=== generation at {budget}, batch {batch}: {', '.join(timed)} ===", flush=True)
                 speeds = generation_speeds(timed, texts[1][:200], args.speed_rounds, batch, new_bytes)
                 for name, speed in speeds.items():
-                    best[name][1].setdefault("generated_bytes_per_s", {})[str(batch)] = speed
+                    row = trained.setdefault(GENERATE_ALONE, {}) if name == GENERATE_ALONE else best[name][1]
+                    row.setdefault("generated_bytes_per_s", {})[str(batch)] = speed
                 save(results, args.results)
     print(table(results))
     print(learning_rate_table(results))
