@@ -52,6 +52,10 @@ def to_upstream(model: PreTrainedModel) -> PreTrainedModel:
     """The transformers model (the family's upstream twin) computing the same function as an mtlm model; ValueError
     naming the option when the config has no upstream equivalent."""
     twin = _family_with_twin(model).upstream
+    if getattr(model.config, "residual_gates", None):
+        raise ValueError(f"Cannot convert to {twin.causal_lm_class.__name__}: residual_gates="
+                         f"{model.config.residual_gates} (a checkpoint saved while gated growth ramped its new layers "
+                         "in) is not expressible; convert a checkpoint from after the ramp.")
     return _rebuild(model, twin.causal_lm_class, twin.config_from_mtlm(model.config),
                     twin.weights_from_mtlm(model.state_dict()))
 

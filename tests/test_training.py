@@ -30,7 +30,7 @@ def tiny_run(tmp_path: Path, **sections) -> dict:
                      "save_strategy": "no", "seed": 0, "disable_tqdm": True},
     }
     for section, values in sections.items():
-        run[section].update(values)
+        run.setdefault(section, {}).update(values)
     return run
 
 

@@ -6,6 +6,8 @@ freshly initialised layer. Embeddings, final norm and LM head are carried over u
     stack       the whole stack repeated: 4 -> 8 is [0 1 2 3 0 1 2 3] (G_stack, Du et al. 2024; MTLM1)
     interleave  each layer repeated in place: 4 -> 8 is [0 0 1 1 2 2 3 3]
     random      the source layers, then fresh ones: 4 -> 8 is [0 1 2 3 - - - -] (the baseline)
+    midas       the middle block repeated in place (MIDAS, Saunshi et al. 2024): 4 -> 6 is [0 1 2 1 2 3]; growing
+                one block at a time (4 -> 5 -> 6 ...) is their recipe, a doubling repeats the whole stack
 
 Growth factors need not be integers: 12 -> 18 stacks as [0..11, 0..5] and interleaves as [0 0 1 2 2 3 ...].
 Function-preserving growth zeroes the residual output projections (the family's `residual_outputs` in its registry
@@ -26,7 +28,7 @@ from ..errors import UsageError
 from ..families import FAMILIES, Family
 from ..files import load_causal_lm, read_checkpoint_config, read_json, save_checkpoint, source_tokenizer
 
-METHODS = ("stack", "interleave", "random")
+METHODS = ("stack", "interleave", "random", "midas")
 
 
 def layer_map(method: str, source_layers: int, num_layers: int) -> list[int | None]:
@@ -38,6 +40,13 @@ def layer_map(method: str, source_layers: int, num_layers: int) -> list[int | No
         return [index * source_layers // num_layers for index in range(num_layers)]
     if method == "random":
         return list(range(source_layers)) + [None] * (num_layers - source_layers)
+    if method == "midas":
+        added = num_layers - source_layers
+        if added > source_layers:
+            return [index % source_layers for index in range(num_layers)]
+        start = (source_layers - added) // 2
+        middle = list(range(start, start + added))
+        return list(range(start + added)) + middle + list(range(start + added, source_layers))
     raise UsageError(f"Unknown growth method {method!r}: choose one of {', '.join(METHODS)}, or give a layer map.")
 
 

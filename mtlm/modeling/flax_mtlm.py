@@ -321,6 +321,10 @@ class FlaxMtlmForCausalLM(nnx.Module):
     routes_experts = False
 
     def __init__(self, config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False):
+        if getattr(config, "residual_gates", None):
+            raise ValueError("This checkpoint was saved while gated growth ramped its new layers in "
+                             f"(residual_gates={config.residual_gates}), which the Flax twin does not implement: "
+                             "use a checkpoint from after the ramp, or the PyTorch model.")
         self.config = config
         self.dtype = dtype
         self.remat = remat

@@ -270,7 +270,8 @@ def residual_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> t
 
 class MtlmDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))). The MLP is the family's; without one
-    (`mlp=None`) the block is attention only."""
+    (`mlp=None`) the block is attention only. A layer added by gated growth scales both residual branches by its
+    `residual_gate` (config.residual_gates) while the gate ramps from 0 to 1."""
 
     def __init__(self, config, layer_idx: int, mlp: nn.Module | None):
         super().__init__()
@@ -280,6 +281,8 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
         if mlp is not None:
             self.post_attention_layernorm = make_norm(config)
         self.hidden_dropout = config.hidden_dropout
+        gates = getattr(config, "residual_gates", None)
+        self.residual_gate = gates[layer_idx] if gates and gates[layer_idx] != 1.0 else None
 
     def forward(
         self,
@@ -299,10 +302,14 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
             cache=pick_cache(cache, past_key_values),
             **kwargs,
         )
+        if self.residual_gate is not None:
+            attn_output = attn_output * self.residual_gate
         hidden_states = hidden_states + residual_dropout(attn_output, self.hidden_dropout, self.training)
         if self.mlp is None:
             return hidden_states
         mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
+        if self.residual_gate is not None:
+            mlp_output = mlp_output * self.residual_gate
         return hidden_states + residual_dropout(mlp_output, self.hidden_dropout, self.training)
 
 

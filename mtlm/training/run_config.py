@@ -19,6 +19,7 @@ from ..configuration.presets import PRESETS, preset_config
 from ..errors import UsageError
 from ..families import FAMILIES
 from ..files import atomic_file, read_checkpoint_config
+from ..growth.schedule import growth_stages
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
 DEFAULT_CONFIG = "shakespeare-char"
@@ -42,7 +43,8 @@ MINIMUM = {"training.per_device_train_batch_size": 1, "training.per_device_eval_
            "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1, "tokenizer.vocab_size": 1, "tokenizer.max_vocab": 5,
            "tokenizer.max_chunk_bytes": 2,
            "flax.data_parallel": 1, "flax.fsdp": 1, "early_stopping.patience": 1, "early_stopping.threshold": 0}
-SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping")
+SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping", "growth")
+GROWTH_KEYS = {"stages": list}  # growth.schedule.growth_stages checks each stage
 
 
 class RunConfigLoader(yaml.SafeLoader):
@@ -172,6 +174,8 @@ def validate(run: dict) -> dict:
     for section in run:
         if section not in SECTIONS:
             raise _unknown(section, SECTIONS, "the run config")
+    if isinstance(run.get("growth"), list):  # the stages alone: growth: [{at_step: 200, num_layers: 4}, ...]
+        run["growth"] = {"stages": run["growth"]}
     for section in SECTIONS:
         if run.get(section) is None:
             run[section] = {}
@@ -188,7 +192,7 @@ def validate(run: dict) -> dict:
         preset_config(model["preset"])  # unknown preset -> error with close names
     schemas = [("model", model, model_field_types(run)), ("tokenizer", run["tokenizer"], TOKENIZER_KEYS),
                ("data", run["data"], DATA_KEYS), ("flax", run["flax"], FLAX_KEYS),
-               ("early_stopping", run["early_stopping"], EARLY_STOPPING_KEYS),
+               ("early_stopping", run["early_stopping"], EARLY_STOPPING_KEYS), ("growth", run["growth"], GROWTH_KEYS),
                ("data.arithmetic", run["data"].get("arithmetic") or {}, ARITHMETIC_KEYS),
                ("training", run["training"], field_types(TrainingArguments))]
     for where, section, schema in schemas:
@@ -213,6 +217,7 @@ def validate(run: dict) -> dict:
     if max_steps == 0 or max_steps < -1:
         raise UsageError(f"training.max_steps = {max_steps!r}: give a positive number of optimizer steps, or -1 to "
                          "train for num_train_epochs.")
+    growth_stages(run["growth"], max_steps)
     return run
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import PartialState
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
@@ -24,6 +24,7 @@ from ..data.processing import check_block_size, collator
 from ..errors import UsageError
 from ..evaluation.exact_match import exact_match, greedy_answers, read_answer
 from ..files import staged, staging_path
+from ..growth.schedule import GrowthSchedule, check_first_stage, growth_stages
 from . import run_config
 from .datasets import build_datasets, load_texts
 from .defaults import TRAINING_DEFAULTS
@@ -248,6 +249,10 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
     set_seed(training.get("seed", 42))
 
     init_from = run["model"].get("init_from")
+    stages = growth_stages(run["growth"], training.get("max_steps"))
+    if stages and processes.num_processes > 1:
+        raise UsageError("growth inside a run works in one process: it rebuilds the layer list the data-parallel "
+                         "wrapper holds. Train the stages one by one with mtlm grow, or drop the growth section.")
     with processes.main_process_first():
         texts = load_texts(run["data"])
         tokenizer = build_tokenizer(run["tokenizer"], texts, init_from)
@@ -257,7 +262,11 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         if not prompt_target:
             check_block_size(run["data"].get("block_size", 128), config)
         datasets = build_datasets(run["data"], texts, tokenizer)
-    model = build_model(config, init_from)
+    check_first_stage(stages, config)
+    if resume_from and stages:  # the checkpoint's config has the depth the run had grown to, and its gates
+        model = build_model(AutoConfig.from_pretrained(resume_from))
+    else:
+        model = build_model(config, init_from)
     evaluation_split = "validation" if "validation" in datasets else None
     validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
 
@@ -278,6 +287,8 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
                        RunFolderSaved(folder), *early_stopping(run), *callbacks],
         )
+        if stages:
+            trainer.add_callback(GrowthSchedule(stages, lambda grown: set(trainer.get_decay_parameter_names(grown))))
         try:
             trainer.train(resume_from_checkpoint=resume_from)
         except NonFiniteLossError as error:
