@@ -12,7 +12,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mtlm.errors import UsageError
 from mtlm.families import FAMILIES
 from mtlm.growth import grow_model, layer_map
+from mtlm.hub_cards import render_card
 from mtlm.growth.schedule import GrowthStage, grow_in_place, growth_stages
+from mtlm.growth.width import widen_in_place
 from mtlm.training import run_config
 from mtlm.training.trainer import MtlmTrainer, train
 
@@ -89,7 +91,9 @@ def test_gated_growth_keeps_the_function_yet_lets_the_copies_learn():
     ([{"at_step": 5, "num_layers": 4, "method": "double"}], r"stage 1 .*unknown method 'double'"),
     ([{"at_step": 5, "num_layers": 4, "gate_steps": 10}, {"at_step": 10, "num_layers": 8}],
      r"stage 2 .*gates ramp until step 15"),
-    ([{"at_step": 5}], r"stage 1 .*set num_layers"),
+    ([{"at_step": 5}], r"stage 1 .*set at_step, and num_layers \(depth\) or width_factor"),
+    ([{"at_step": 5, "width_factor": 1}], r"stage 1 .*width_factor must be an integer of at least 2"),
+    ([{"at_step": 5, "num_layers": True}], r"stage 1 .*num_layers must be int, got True"),
     ([{"at_step": 5, "num_layers": 4, "when": 3}], r"stage 1 .*unknown keys \['when'\]"),
 ])
 def test_bad_growth_schedules_are_refused_when_the_config_is_read(tmp_path, stages, message):
@@ -164,3 +168,60 @@ def test_a_checkpoint_saved_mid_ramp_is_refused_where_gates_cannot_be_expressed(
     grow_in_place(model, GrowthStage(at_step=1, num_layers=3, gate_steps=4))
     with pytest.raises(ValueError, match=r"residual_gates=\[1.0, 1.0, 0.0\].*after the ramp"):
         to_upstream(model)
+
+
+@pytest.mark.parametrize("family", ["mtlm_llama", "mtlm_gpt"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_width_growth_keeps_the_function_and_carries_the_adam_moments(family, tied):
+    model = tiny_model(family, tie_word_embeddings=tied).train()
+    optimizer = adam_steps(model)
+    ids = random_ids(batch=2, length=8)
+    with torch.no_grad():
+        before = model.eval()(ids).logits
+    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    moment = optimizer.state[q_proj]["exp_avg"].clone()
+    widen_in_place(model, 2, optimizer, noise_std=0.02)
+    config = model.config
+    assert (config.hidden_size, config.num_attention_heads, config.head_dim) == (64, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-5)
+        reloaded = AutoModelForCausalLM.from_config(config)
+        reloaded.load_state_dict(model.state_dict())
+        torch.testing.assert_close(reloaded.eval()(ids).logits, before, rtol=0, atol=1e-5)
+    assert optimizer.state[q_proj]["exp_avg"].shape == q_proj.shape == (64, 64)
+    torch.testing.assert_close(optimizer.state[q_proj]["exp_avg"], moment.repeat(2, 2) / 2)
+    model.train()(ids, labels=ids).loss.backward()
+    optimizer.step()  # the same optimizer trains the wider parameters on
+
+
+@pytest.mark.parametrize("noise_std, copies_differ", [(0.0, False), (0.02, True)])
+def test_width_noise_is_what_lets_the_copies_learn_apart(noise_std, copies_differ):
+    model = tiny_model("mtlm_llama").train()
+    optimizer = adam_steps(model, steps=1)
+    widen_in_place(model, 2, optimizer, noise_std=noise_std)
+    ids = random_ids(batch=2, length=8)
+    for _ in range(2):
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    up = model.model.layers[0].mlp.up_proj.weight  # MLP unit i and its copy 64 + i
+    assert (not torch.allclose(up[:64], up[64:], atol=1e-7)) == copies_differ
+
+
+def test_a_run_grows_wider_on_schedule_and_refuses_families_without_a_rule(tmp_path):
+    run = run_config.validate(tiny_run(tmp_path, training={"max_steps": 6, "logging_steps": 1},
+                                       growth={"stages": [{"at_step": 2, "num_layers": 3},
+                                                                {"at_step": 4, "width_factor": 2}]}))
+    trainer = train(run)
+    config = AutoConfig.from_pretrained(tmp_path / "run")
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (3, 64, 128)
+    assert [record["method"] for record in config.growth_history] == ["stack", "hypercloning"]
+    flops = [entry["flos"] for entry in trainer.state.log_history if "loss" in entry]
+    assert flops[4] - flops[3] > 3 * (flops[2] - flops[1])  # a step of the twice-wider model costs about 4x
+    card = str(render_card(tmp_path / "run"))
+    assert "| 1 | this run, step 2 | stack | 2 → 3 |" in card
+    assert "| 2 | this run, step 4 | hypercloning | 3 → 3 (hidden 32 → 64) |" in card
+    moe = run_config.validate(tiny_run(tmp_path / "moe", model={"model_type": "mtlm_moe", "num_local_experts": 2},
+                                       growth={"stages": [{"at_step": 2, "width_factor": 2}]}))
+    with pytest.raises(UsageError, match="Width growth works on mtlm_llama, mtlm_gpt, mtlm_attention; mtlm_moe"):
+        train(moe)

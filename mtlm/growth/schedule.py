@@ -6,6 +6,7 @@ A run config's growth section lists the stages:
     growth:
       - {at_step: 200, num_layers: 4}                       # stack the 2 layers into 4 after step 200
       - {at_step: 500, num_layers: 8, method: midas, gate_steps: 50, lr_ramp_steps: 20}
+      - {at_step: 800, width_factor: 2}                     # twice as wide (HyperCloning, width.py)
 
 At each stage the model grows in place: a layer's first use in the layer map keeps its parameters (and their
 optimizer state), each further use is a copy of it, and AdamW's moment estimates are copied along the same map with
@@ -17,6 +18,9 @@ the step count kept, so bias correction does not restart. The learning-rate sche
                          (MSG's mask): the function is the same at the growth, and the copies' weights, kept, learn
                          from the next step on
     lr_ramp_steps        take the learning rate from 0 back to its scheduled value over this many steps
+    width_factor         make the model this many times wider, function kept (width.widen_in_place), after any
+                         depth growth of the same stage; width_noise_std: the noise that makes the copies differ
+                         (default initializer_range / 10)
 """
 
 import copy
@@ -31,19 +35,22 @@ from transformers import TrainerCallback
 from ..errors import UsageError
 from ..families import FAMILIES
 from .depth import METHODS, is_residual_output, layer_map, zeroed_layers
+from .width import check_width_family, widen_in_place
 
 STAGE_KEYS = {"at_step": int, "num_layers": int, "method": str, "function_preserving": bool, "gate_steps": int,
-              "lr_ramp_steps": int}
+              "lr_ramp_steps": int, "width_factor": int, "width_noise_std": float}
 
 
 @dataclass(frozen=True)
 class GrowthStage:
     at_step: int  # the model grows after this many optimizer steps
-    num_layers: int
+    num_layers: int | None = None  # None: the depth stays
     method: str = "stack"
     function_preserving: bool = False
     gate_steps: int = 0
     lr_ramp_steps: int = 0
+    width_factor: int = 1
+    width_noise_std: float | None = None
 
     def gate(self, step: int) -> float:
         """The new layers' residual gate once `step` optimizer steps are done."""
@@ -67,13 +74,14 @@ def growth_stages(growth: dict, max_steps: int | None = None) -> list[GrowthStag
         unknown = sorted(set(entry) - set(STAGE_KEYS))
         if unknown:
             raise UsageError(f"{where}: unknown keys {unknown}; a stage takes {', '.join(STAGE_KEYS)}.")
-        missing = [key for key in ("at_step", "num_layers") if key not in entry]
-        if missing:
-            raise UsageError(f"{where}: set {' and '.join(missing)}.")
-        for key, kind in STAGE_KEYS.items():
-            if key in entry and (not isinstance(entry[key], kind) or kind is int and isinstance(entry[key], bool)):
-                raise UsageError(f"{where}: {key} must be {kind.__name__}, got {entry[key]!r}.")
+        if "at_step" not in entry or not {"num_layers", "width_factor"} & set(entry):
+            raise UsageError(f"{where}: set at_step, and num_layers (depth) or width_factor (width).")
+        for key, value in entry.items():
+            if not is_a(value, STAGE_KEYS[key]):
+                raise UsageError(f"{where}: {key} must be {STAGE_KEYS[key].__name__}, got {value!r}.")
         stage = GrowthStage(**entry)
+        if "width_factor" in entry and stage.width_factor < 2:
+            raise UsageError(f"{where}: width_factor must be an integer of at least 2.")
         if stage.method not in METHODS:
             raise UsageError(f"{where}: unknown method {stage.method!r}; choose one of {', '.join(METHODS)}.")
         if stage.at_step < 1 or stage.gate_steps < 0 or stage.lr_ramp_steps < 0:
@@ -84,8 +92,9 @@ def growth_stages(growth: dict, max_steps: int | None = None) -> list[GrowthStag
             raise UsageError(f"{where}: the previous stage's gates ramp until step "
                              f"{stages[-1].at_step + stages[-1].gate_steps}; grow after that, or shorten its "
                              "gate_steps.")
-        if stages and stage.num_layers <= stages[-1].num_layers:
-            raise UsageError(f"{where}: num_layers must grow past the previous stage's {stages[-1].num_layers}.")
+        depths = [earlier.num_layers for earlier in stages if earlier.num_layers]
+        if stage.num_layers and depths and stage.num_layers <= depths[-1]:
+            raise UsageError(f"{where}: num_layers must grow past the previous stage's {depths[-1]}.")
         if max_steps is not None and max_steps > 0 and stage.at_step >= max_steps:
             raise UsageError(f"{where}: at_step is not before training.max_steps={max_steps}, so it would never "
                              "train the grown model; grow earlier or train longer.")
@@ -96,18 +105,28 @@ def growth_stages(growth: dict, max_steps: int | None = None) -> list[GrowthStag
     return stages
 
 
+def is_a(value, kind: type) -> bool:
+    """YAML's value fits the key's type: booleans are not numbers, integers are floats."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
 def check_first_stage(stages: list[GrowthStage], config) -> None:
-    """Refuse, before training, a schedule the model cannot follow: a family without layers, or a first stage that
-    does not deepen the model."""
+    """Refuse, before training, a schedule the model cannot follow: a family without layers, a first depth that does
+    not deepen the model, or width growth of a family without a widening rule."""
     if not stages:
         return
     family = FAMILIES.get(config.model_type)
     if family is None or family.layers is None:
-        raise UsageError(f"growth: the {config.model_type} family has no layers to grow; depth growth works on "
+        raise UsageError(f"growth: the {config.model_type} family has no layers to grow; growth works on "
                          f"{', '.join(name for name, other in FAMILIES.items() if other.layers)}.")
-    if stages[0].num_layers <= config.num_hidden_layers:
-        raise UsageError(f"growth stage 1 ({stages[0]}): num_layers must grow past the model's "
-                         f"{config.num_hidden_layers} layers.")
+    depths = [stage for stage in stages if stage.num_layers]
+    if depths and depths[0].num_layers <= config.num_hidden_layers:
+        raise UsageError(f"growth stage {stages.index(depths[0]) + 1} ({depths[0]}): num_layers must grow past the "
+                         f"model's {config.num_hidden_layers} layers.")
+    if any(stage.width_factor > 1 for stage in stages):
+        check_width_family(config.model_type)
 
 
 def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
@@ -176,6 +195,25 @@ def grow_in_place(model: nn.Module, stage: GrowthStage, optimizer: torch.optim.O
     return mapping
 
 
+def grow_stage(model: nn.Module, stage: GrowthStage, optimizer: torch.optim.Optimizer | None = None,
+               decay_names: Callable[[nn.Module], set[str]] = lambda model: set()) -> None:
+    """One stage of the schedule: deeper (grow_in_place), then wider (widen_in_place), each recorded in
+    `config.growth_history`."""
+    if stage.num_layers:
+        grow_in_place(model, stage, optimizer, decay_names)
+    if stage.width_factor > 1:
+        config = model.config
+        source_hidden_size = config.hidden_size
+        noise = stage.width_noise_std if stage.width_noise_std is not None else config.initializer_range / 10
+        widen_in_place(model, stage.width_factor, optimizer, noise, seed=stage.at_step)
+        config.growth_history = [*getattr(config, "growth_history", []), {
+            "source": None, "method": "hypercloning", "layer_map": list(range(config.num_hidden_layers)),
+            "function_preserving": True, "source_num_layers": config.num_hidden_layers,
+            "num_layers": config.num_hidden_layers, "at_step": stage.at_step, "width_factor": stage.width_factor,
+            "source_hidden_size": source_hidden_size, "hidden_size": config.hidden_size, "width_noise_std": noise,
+        }]
+
+
 def copy_state(state: dict) -> dict:
     """An optimizer state entry for a copied parameter: the moments cloned, the step count kept."""
     return {key: value.clone() if isinstance(value, torch.Tensor) else copy.copy(value) for key, value in state.items()}
@@ -215,8 +253,8 @@ class GrowthSchedule(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         for stage in self.stages:
-            if stage.at_step == state.global_step and model.config.num_hidden_layers < stage.num_layers:
-                grow_in_place(model, stage, getattr(optimizer, "optimizer", optimizer), self.decay_names)
+            if stage.at_step == state.global_step:  # a run resumed from this step's checkpoint has grown already
+                grow_stage(model, stage, getattr(optimizer, "optimizer", optimizer), self.decay_names)
         self.update_gates(model, state.global_step)
 
     def update_gates(self, model, step: int) -> None:

@@ -140,6 +140,7 @@ def growth_records(config) -> list[dict]:
             **record,
             "layer_map_text": " ".join("-" if index is None else str(index) for index in record["layer_map"]),
             "source_training_text": ", ".join(parts) or "-",
+            "source_text": record["source"] or (f"this run, step {record['at_step']}" if "at_step" in record else "-"),
         })
     return records
 
@@ -245,7 +246,7 @@ def render_card(folder: str | os.PathLike, repo_id: str | None = None, license: 
         base_model=base_model,
         eval_results=model_index(results) or None,
     )
-    grown = f" It was grown from a {growth[0]['source_num_layers']}-layer model by depth growth (see below)." \
+    grown = f" It was grown from a {growth[0]['source_num_layers']}-layer model (see the growth history below)." \
         if growth else ""
     description = (f"A {count_parameters(config) / 1e6:.1f}M-parameter causal language model of the `{config.model_type}` "
                    f"family ({family_of(config).describe(config)}), {'trained' if state else 'written'} with mtlm.{grown}")
