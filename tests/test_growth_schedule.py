@@ -108,7 +108,7 @@ def test_a_first_stage_that_does_not_deepen_the_model_is_refused_before_training
     assert not (tmp_path / "run").exists()
 
 
-GROWTH = [{"at_step": 4, "num_layers": 3, "method": "midas", "gate_steps": 3},
+GROWTH = [{"at_step": 4, "num_layers": 3, "method": "midas", "gate_steps": 4},  # the ramp ends as the next growth comes
           {"at_step": 8, "num_layers": 6, "lr_ramp_steps": 2}]
 
 
@@ -137,7 +137,7 @@ def test_a_run_grows_on_schedule(grown_run):
     peak = run["training"]["learning_rate"]
     assert rates[4] == rates[5] == rates[6] == pytest.approx(peak)  # growth at step 4: no warm-up again, no jump
     assert rates[8] == pytest.approx(peak) and rates[9] == pytest.approx(peak / 3) and rates[9] < rates[10]  # ramp
-    assert AutoConfig.from_pretrained(root / "run" / "checkpoint-6").residual_gates == pytest.approx([1, 2 / 3, 2 / 3])
+    assert AutoConfig.from_pretrained(root / "run" / "checkpoint-6").residual_gates == pytest.approx([1, 1 / 2, 1 / 2])
 
 
 def test_resume_across_a_growth_point_continues_on_the_same_loss_curve(grown_run, tmp_path):

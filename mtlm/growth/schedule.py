@@ -252,10 +252,10 @@ class GrowthSchedule(TrainerCallback):
         return lambda step: factor(step) * math.prod(stage.lr_factor(step) for stage in self.stages)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.update_gates(model, state.global_step)  # first: a ramp that ends at this step is over before a growth
         for stage in self.stages:
             if stage.at_step == state.global_step:  # a run resumed from this step's checkpoint has grown already
                 grow_stage(model, stage, getattr(optimizer, "optimizer", optimizer), self.decay_names)
-        self.update_gates(model, state.global_step)
 
     def update_gates(self, model, step: int) -> None:
         """Each gated layer's gate after `step` optimizer steps; gates that reached 1 are dropped."""
