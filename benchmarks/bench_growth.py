@@ -132,12 +132,12 @@ def growth_arms(results: dict, steps: int, default_fractions=(0.05, 0.1, 0.2),
     }
 
 
-def run(args, results: dict, phase: str, key: str, run_config_dict: dict, resume: bool = False) -> dict:
+def run(args, results: dict, phase: str, key: str, run_config_dict: dict) -> dict:
     """Train one run unless the results hold it; keep its summary."""
     if key in results.setdefault(phase, {}) and not args.rerun:
         return results[phase][key]
     print(f"=== {phase}: {key} ===", flush=True)
-    results[phase][key] = summary(train(run_config_dict, overwrite=not resume, resume=resume))
+    results[phase][key] = summary(train(run_config_dict, overwrite=True))
     save(results, args.results)
     return results[phase][key]
 

@@ -13,7 +13,7 @@ from mtlm.errors import UsageError
 from mtlm.families import FAMILIES
 from mtlm.growth import grow_model, layer_map
 from mtlm.hub_cards import render_card
-from mtlm.growth.schedule import GrowthStage, grow_in_place, growth_stages
+from mtlm.growth.schedule import GrowthStage, grow_in_place
 from mtlm.growth.width import widen_in_place
 from mtlm.training import run_config
 from mtlm.training.trainer import MtlmTrainer, train

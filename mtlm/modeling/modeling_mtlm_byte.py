@@ -387,8 +387,7 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
     def core_step(self, vectors: torch.Tensor, rows: torch.Tensor, cache: "ChunkCache") -> torch.Tensor:
         """The core one chunk further for the `rows` (n,) only, their chunk vectors (n, hidden) -> their core states
         (n, hidden). The other rows' keys and values wait untouched in `cache`."""
-        positions = cache.lengths[rows]
-        cache.start_step(rows)
+        positions = cache.start_step(rows)
         hidden_states, position_embeddings = self.core.apply_positions(vectors[:, None], positions[:, None])
         allowed = torch.arange(cache.capacity, device=rows.device) <= positions[:, None]
         mask = additive_mask(allowed[:, None, :], hidden_states.dtype)
@@ -426,7 +425,7 @@ class ChunkCache:
     generation step runs the core on just the rows that finished a chunk (`start_step`), the rest waiting."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], lengths: torch.Tensor):
-        self.keys, self.values, self.lengths, self.rows = keys, values, lengths, None
+        self.keys, self.values, self.lengths, self.rows, self.positions = keys, values, lengths, None, None
 
     @classmethod
     def from_prefill(cls, cache: DynamicCache, finished: torch.Tensor) -> "ChunkCache":
@@ -444,21 +443,22 @@ class ChunkCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
-    def start_step(self, rows: torch.Tensor):
-        """The next core step writes one chunk for the `rows` (n,), each at its own length: make room for it."""
-        self.rows = rows
-        needed = int(self.lengths[rows].max()) + 1
+    def start_step(self, rows: torch.Tensor) -> torch.Tensor:
+        """The next core step writes one chunk for the `rows` (n,), each at its own length: make room for it.
+        Returns where each row writes (its length): (n,)."""
+        self.rows, self.positions = rows, self.lengths[rows]
+        needed = int(self.positions.max()) + 1
         if needed > self.capacity:
             room = max(needed, 2 * self.capacity) - self.capacity
             self.keys = [nn.functional.pad(states, (0, 0, 0, room)) for states in self.keys]
             self.values = [nn.functional.pad(states, (0, 0, 0, room)) for states in self.values]
+        return self.positions
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """key_states, value_states: (n, kv heads, 1, head dim) of the stepping rows -> all their chunks' keys and
         values: (n, kv heads, capacity, head dim)."""
-        positions = self.lengths[self.rows]
-        self.keys[layer_idx][self.rows, :, positions] = key_states[:, :, 0]
-        self.values[layer_idx][self.rows, :, positions] = value_states[:, :, 0]
+        self.keys[layer_idx][self.rows, :, self.positions] = key_states[:, :, 0]
+        self.values[layer_idx][self.rows, :, self.positions] = value_states[:, :, 0]
         return self.keys[layer_idx][self.rows], self.values[layer_idx][self.rows]
 
 
