@@ -16,8 +16,9 @@ docs/arithmetic.png (exact match against steps and against training FLOPs) are r
 
 import argparse
 import json
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +29,8 @@ import torch  # noqa: E402
 from bench_tiny_lm import save, save_figure  # noqa: E402  (the study scripts' JSON and figure writers)
 from transformers import TrainerCallback  # noqa: E402
 
-from mtlm.evaluation.exact_match import exact_match, read_prompt_targets  # noqa: E402
+from mtlm.evaluation.exact_match import (answer_digits, exact_match, read_answer,
+                                           read_prompt_targets)  # noqa: E402
 from mtlm.training import run_config  # noqa: E402
 from mtlm.training.trainer import train  # noqa: E402
 
@@ -90,13 +92,43 @@ class ExpertLoad(TrainerCallback):
         self.history.append({"step": state.global_step, "load": loads})
 
 
+@torch.no_grad()
+def shifted_exact_match(model, tokenizer, rows: list[dict], end_position: int) -> dict:
+    """Greedy exact match on `rows` (one at a time, no cache) with each prompt read at its own positions and again
+    shifted so that its "=" sits at `end_position`, where the longest prompts put it. A model with learned absolute
+    positions that fails only unshifted has not learned the positions short prompts occupy; for rotary positions
+    the two agree (a control)."""
+    if not rows:
+        return {"n": 0}
+    model.eval()
+    scores = {}
+    for shifted in (False, True):
+        hits = 0
+        for row in rows:
+            prompt = tokenizer(f"{tokenizer.bos_token}{row['prompt']}", add_special_tokens=False,
+                               return_tensors="pt")["input_ids"].to(model.device)
+            offset = end_position - (prompt.shape[1] - 1) if shifted else 0
+            ids = prompt
+            for _ in range(len(row["target"]) + 1):
+                positions = torch.arange(ids.shape[1], device=ids.device)[None] + offset
+                next_id = model(input_ids=ids, position_ids=positions).logits[:, -1].argmax(-1, keepdim=True)
+                if next_id.item() == tokenizer.eos_token_id:
+                    break
+                ids = torch.cat([ids, next_id], dim=1)
+            answer = tokenizer.decode(ids[0, prompt.shape[1] :], skip_special_tokens=True)
+            hits += read_answer(row, answer) == row["target"]
+        scores["shifted" if shifted else "own positions"] = hits / len(rows)
+    return {"n": len(rows), "end_position": end_position, **scores}
+
+
 def first_step_at(curve: list[dict], target: float = TARGET) -> int | None:
     """The first evaluated step whose validation exact match reaches `target`."""
     return next((point["step"] for point in curve if point["exact_match"] >= target), None)
 
 
 def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -> dict:
-    run = run_config.load(arm.config, [*arm.overrides, *extra_overrides, f"training.output_dir={runs / arm.name}",
+    folder_name = re.sub(r"[^\w.+-]+", "_", arm.name)  # a sweep point's overrides, made a folder name
+    run = run_config.load(arm.config, [*arm.overrides, *extra_overrides, f"training.output_dir={runs / folder_name}",
                                        f"training.eval_steps={eval_steps}", "training.save_strategy=no",
                                        "training.disable_tqdm=true"])
     folder = Path(run["data"]["arithmetic"]["out_dir"])
@@ -111,11 +143,15 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
                                   "exact_match": entry["eval_exact_match"]}
                   for entry in history if "eval_exact_match" in entry}.values())
     tokenizer, model = trainer.processing_class, trainer.model
+    validation = read_prompt_targets(folder / "val.jsonl")
     row = {
         "config": arm.config, "overrides": arm.overrides, "parameters": model.num_parameters(),
         "steps": trainer.state.global_step, "training_flops": trainer.state.total_flos, "wall_s": round(wall, 1),
         "curve": curve, "steps_to_target": first_step_at(curve), "expert_load": load.history,
-        "validation": exact_match(model, tokenizer, read_prompt_targets(folder / "val.jsonl"), batch_size=256),
+        "validation": exact_match(model, tokenizer, validation, batch_size=256),
+        "short_answers": shifted_exact_match(model, tokenizer,
+                                             [row for row in validation if answer_digits(row["target"]) <= 2],
+                                             end_position=max(len(row["prompt"]) for row in validation)),
     }
     if arm.final:
         rows = read_prompt_targets(folder / "test.jsonl")
@@ -126,17 +162,20 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
 
 
 def table(results: dict) -> str:
-    lines = ["| arm | params | steps | steps to 99% (validation) | validation | test | test by answer digits "
-             "(1 / 2 / 3 / 4) | wall | test scoring |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| arm | params | steps | steps to 99% (validation) | validation | test | by answer digits, 1 / 2 / 3 / 4 "
+             "(test; validation for sweep points) | short answers (validation): own positions / shifted | wall | test scoring |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for name, row in results.items():
-        test, scoring = row.get("test"), row.get("test_scoring_s")
-        by_digits = " / ".join(f"{test['by_digits'][str(digits)]:.1%}" if str(digits) in test["by_digits"] else "–"
-                               for digits in range(1, 5)) if test else "–"
+        test, scoring, short = row.get("test"), row.get("test_scoring_s"), row.get("short_answers")
+        scored = (test or row["validation"])["by_digits"]
+        by_digits = " / ".join(f"{scored[str(digits)]:.1%}" if str(digits) in scored else "–" for digits in range(1, 5))
+        test_score = f"{test['exact_match']:.2%}" if test else "–"
+        short_scores = (f"{short['own positions']:.1%} / {short['shifted']:.1%} (n={short['n']})"
+                        if short and short["n"] else "–")
         lines.append(
             f"| {name} | {row['parameters']:,} | {row['steps']:,} | {row['steps_to_target'] or 'not reached'} "
-            f"| {row['validation']['exact_match']:.2%} | {test['exact_match'] if test else float('nan'):.2%} "
-            f"| {by_digits} | {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
+            f"| {row['validation']['exact_match']:.2%} | {test_score} | {by_digits} | {short_scores} "
+            f"| {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
     return "\n".join(lines)
 
 
@@ -184,7 +223,8 @@ def main() -> None:
     parser.add_argument("--rerun", action="store_true", help="train again arms the results file already holds")
     parser.add_argument("--eval-steps", type=int, default=500, help="steps between validation exact matches")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a value of every arm's run config (a quick check: training.max_steps=20)")
+                        help="override a value of the arms' run configs: a sweep point, kept under the arm's name and "
+                             "its overrides, never scored on the test split")
     parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "arithmetic.json")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "arithmetic")
@@ -193,12 +233,14 @@ def main() -> None:
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if not args.plot_only:
         for name in args.only or ARMS:
-            if name in results and not args.rerun:
+            # An arm with overrides is a sweep point, kept under its own name: it never reads the test split.
+            arm = ARMS[name] if not args.set else replace(ARMS[name], name=f"{name} {' '.join(args.set)}", final=False)
+            if arm.name in results and not args.rerun:
                 continue
-            print(f"=== {name} ===", flush=True)
-            results[name] = run_one(ARMS[name], args.runs, args.eval_steps, args.set)
+            print(f"=== {arm.name} ===", flush=True)
+            results[arm.name] = run_one(arm, args.runs, args.eval_steps, args.set)
             save(results, args.results)
-            print(table({name: results[name]}), flush=True)
+            print(table({arm.name: results[arm.name]}), flush=True)
     print(table(results))
     print(f"wrote {plot(results, args.figure)}")
     loads = plot_expert_load(results, args.figure.with_name(f"{args.figure.stem}-expert-load.png"))
