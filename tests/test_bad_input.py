@@ -42,6 +42,10 @@ def workspace(trained, tmp_path) -> Path:
     (w / "good.yaml").write_text(yaml.safe_dump(run))
     (w / "preset.yaml").write_text(yaml.safe_dump({**run, "model": {"preset": "tinygpt-41x"}}))
     (w / "init.yaml").write_text(yaml.safe_dump({**run, "model": {"init_from": str(w / "nowhere")}}))
+    (w / "mlp-arithmetic.yaml").write_text(yaml.safe_dump({
+        **run, "model": {"model_type": "mtlm_mlp"}, "tokenizer": {"kind": "arithmetic"},
+        "data": {"source": "arithmetic", "arithmetic": {"out_dir": str(w / "arithmetic")},
+                 "random_position_offsets": True}}))
     (w / "noconfig").mkdir()
     for name, damage in [
         ("notok", lambda folder: [(folder / file).unlink() for file in ("tokenizer.json", "tokenizer_config.json")]),
@@ -98,6 +102,10 @@ CASES = [
     ("train-init-from-missing", "train {w}/init.yaml", FILE, "nowhere"),
     ("train-flax-arithmetic", "train {w}/good.yaml --backend flax --set data.source=arithmetic", USAGE,
      "--backend flax"),
+    ("train-position-offsets-on-a-corpus", "train {w}/good.yaml --set data.random_position_offsets=true", USAGE,
+     "packed corpus blocks"),
+    ("train-position-offsets-without-positions", "train {w}/mlp-arithmetic.yaml", USAGE,
+     "mtlm_mlp models take no position ids"),
     ("train-unknown-flag", "train {w}/good.yaml --max-steps 3", USAGE, "--max-steps"),
     ("train-zero-patience", "train {w}/good.yaml --set early_stopping.patience=0", USAGE, "patience = 0"),
     ("train-early-stopping-without-best", "train {w}/good.yaml --set early_stopping.patience=3", USAGE,

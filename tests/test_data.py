@@ -7,13 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+import torch
+from conftest import tiny_config, tiny_model
 from datasets import Dataset
 from transformers import AutoTokenizer
 
 from mtlm.cli import main as mtlm_main
 from mtlm.data import arithmetic
-from mtlm.data.processing import check_block_size, collator, pack, tokenize, tokenize_prompt_target
+from mtlm.data.processing import (RandomPositionOffsets, check_block_size, collator, pack, tokenize,
+                                  tokenize_prompt_target)
 from mtlm.data.sources import TINY_SHAKESPEARE, contiguous_splits, load_local_files, tiny_shakespeare
 from mtlm.data.tokenization import arithmetic_tokenizer, bpe_tokenizer, byte_tokenizer, char_tokenizer
 from mtlm.errors import UsageError
@@ -170,6 +172,31 @@ def test_prompt_target_labels_only_the_answer_and_the_collator_pads():
     assert batch["input_ids"][0, 7:].tolist() == [tokenizer.pad_token_id] * 3
     assert batch["labels"][0, 7:].tolist() == [-100] * 3
     assert batch["attention_mask"][1].tolist() == [1] * 10
+
+
+def test_random_position_offsets_shift_each_row_within_the_context_and_only_learned_positions_notice():
+    tokenizer = arithmetic_tokenizer()
+    rows = [{"text": "<bos>1+2=3<eos>"}, {"text": "<bos>7-9*2=-4<eos>"}, {"text": "<bos>12+34=46<eos>"}]
+    examples = list(tokenize_prompt_target(Dataset.from_list(rows), tokenizer))
+    shifted = RandomPositionOffsets(collator(tokenizer), max_positions=16)
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(200):
+        batch = shifted(examples)
+        for row, mask in zip(batch["position_ids"], batch["attention_mask"]):
+            real = row[mask.bool()]
+            assert real.tolist() == list(range(real[0], real[0] + len(real)))  # contiguous: only the start moves
+            assert 0 <= real[0] <= 16 - len(real) and row.max() <= 15
+            starts.add((len(real), int(real[0])))
+    assert {(7, 0), (7, 9), (10, 0), (10, 6)} <= starts  # both ends of each row's room are drawn
+    plain = collator(tokenizer)(examples)
+    for family, moves in (("mtlm_llama", False), ("mtlm_gpt", True)):  # rotary positions are relative
+        model = tiny_model(family, vocab_size=len(tokenizer), max_position_embeddings=16).eval()
+        with torch.no_grad():
+            loss = model(**plain).loss
+            shifted_loss = model(**batch).loss
+        assert (abs(shifted_loss - loss) > 1e-4) == moves, family
+        assert moves or torch.allclose(shifted_loss, loss, atol=1e-5)
 
 
 def test_text_the_tokenizer_cannot_encode_is_a_clear_error():

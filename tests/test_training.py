@@ -179,7 +179,8 @@ def test_arithmetic_runs_report_exact_match_end_on_validation_answers_and_eval_s
         "model": {"preset": "mlm-llama2", "num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64},
         "tokenizer": {"kind": "arithmetic"},
         "data": {"source": "arithmetic", "arithmetic": {"out_dir": str(tmp_path / "data"), "n_samples": 300,
-                                                        "B": 99, "seed": 1, "reverse": True}},
+                                                        "B": 99, "seed": 1, "reverse": True},
+                 "random_position_offsets": True},
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 6, "per_device_train_batch_size": 16,
                      "eval_strategy": "steps", "eval_steps": 3, "save_strategy": "no", "disable_tqdm": True},
     }
@@ -203,6 +204,27 @@ def test_arithmetic_runs_report_exact_match_end_on_validation_answers_and_eval_s
     assert result["n"] == 30 and 0.0 <= result["exact_match"] <= 1.0
     assert sum(result["by_digits"].values()) >= 0 and set(result["by_digits"]) <= {"1", "2", "3"}
     assert "exact match" in capsys.readouterr().out
+
+
+def test_random_position_offsets_reach_training_batches_and_not_evaluation(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from mtlm.data.processing import RandomPositionOffsets, collator, tokenize_prompt_target
+    from mtlm.data.tokenization import arithmetic_tokenizer
+
+    tokenizer = arithmetic_tokenizer()
+    rows = tokenize_prompt_target(Dataset.from_list([{"text": "<bos>1+2=3<eos>"}, {"text": "<bos>40+2=42<eos>"}]),
+                                  tokenizer)
+    config = AutoConfig.for_model("mtlm_gpt", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=20)
+    trainer = MtlmTrainer(model=AutoModelForCausalLM.from_config(config),
+                          args=TrainingArguments(str(tmp_path), per_device_train_batch_size=2, report_to=[]),
+                          train_dataset=rows, eval_dataset=rows, data_collator=collator(tokenizer),
+                          train_collator=RandomPositionOffsets(collator(tokenizer), 20))
+    assert "position_ids" in next(iter(trainer.get_train_dataloader()))
+    assert "position_ids" not in next(iter(trainer.get_eval_dataloader()))
+    assert trainer.data_collator is not trainer.train_collator
 
 
 def test_chat_reads_prompts_and_temperature_until_quit(tmp_path):

@@ -9,6 +9,7 @@ every step by fingerprint: a changed tokenizer or block size recomputes, an unch
 import os
 
 import numpy as np
+import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
@@ -128,6 +129,27 @@ def collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None 
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token before batching.")
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
+
+
+class RandomPositionOffsets:
+    """A collator whose batches read each row at positions shifted by a random offset in [0, max_positions - the
+    row's length] (`position_ids`), so that every position is trained in every role (randomized positional encodings,
+    Ruoss et al. 2023). A model with learned absolute positions otherwise learns the positions that short rows
+    occupy only from the few rows that are short. Offsets come from torch's global generator, which the Trainer
+    saves in checkpoints, so --resume draws the same ones."""
+
+    def __init__(self, collate, max_positions: int):
+        self.collate, self.max_positions = collate, max_positions
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counts real tokens, whichever side the padding is on
+        room = (self.max_positions - mask.sum(-1)).clamp(min=0)
+        offsets = (torch.rand(room.shape) * (room + 1)).long()
+        # Padding past the context keeps the last position: it is never attended to and never a target.
+        batch["position_ids"] = (positions + offsets[:, None]).clamp(max=self.max_positions - 1)
+        return batch
 
 
 def _map_with_tokenizer(dataset: Dataset, function, num_proc: int | None, desc: str, **fn_kwargs) -> Dataset:

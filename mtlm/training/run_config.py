@@ -29,7 +29,8 @@ TOKENIZER_KEYS = {"kind": str, "vocab_size": int, "max_vocab": int, "path": str,
                   "max_chunk_bytes": int}
 TOKENIZER_KINDS = {"arithmetic", "byte", "byte_chunks", "char", "bpe", "word", "pretrained"}
 DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "splits": dict[str, float] | list[str],
-             "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict}
+             "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict,
+             "random_position_offsets": bool}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
                    "seed": int, "reverse": bool, "division": str}
@@ -148,16 +149,19 @@ def field_types(cls) -> dict[str, object]:
 MODEL_SOURCE_KEYS = {"preset", "model_type", "init_from"}
 
 
+def model_type_of(model: dict) -> str | None:
+    """The model type a run's model section builds (from its checkpoint, preset or model_type)."""
+    if model.get("init_from"):
+        return read_checkpoint_config(model["init_from"])["model_type"]
+    if model.get("preset") in PRESETS:
+        return PRESETS[model["preset"]].model_type
+    return model.get("model_type")
+
+
 def model_field_types(run: dict) -> dict[str, object]:
     """Fields the model section may set, with their types: the family config's fields (plus `preset` /
     `model_type` / `init_from`)."""
-    model = run["model"]
-    if model.get("init_from"):
-        model_type = read_checkpoint_config(model["init_from"])["model_type"]
-    elif model.get("preset") in PRESETS:
-        model_type = PRESETS[model["preset"]].model_type
-    else:
-        model_type = model.get("model_type")
+    model_type = model_type_of(run["model"])
     sources = {"preset": str, "model_type": str, "init_from": str}
     if model_type is None:
         return sources
@@ -204,6 +208,15 @@ def validate(run: dict) -> dict:
         raise UsageError(f"tokenizer.kind = {run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
         raise UsageError(f"data.source = {run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
+    if run["data"].get("random_position_offsets"):
+        if run["data"].get("source") != "arithmetic":
+            raise UsageError("data.random_position_offsets shifts the positions of prompt/target rows shorter than "
+                             "the context; packed corpus blocks fill it. Drop the key, or train on data.source: "
+                             "arithmetic.")
+        family = FAMILIES.get(model_type_of(run["model"]))
+        if family and "position_ids" not in inspect.signature(family.causal_lm_class.forward).parameters:
+            raise UsageError(f"data.random_position_offsets: {family.model_type} models take no position ids; drop "
+                             "the key, or train a decoder family (mtlm_llama, mtlm_gpt, mtlm_moe, mtlm_attention).")
     if "output_dir" not in run["training"]:
         raise UsageError("training.output_dir is required: the folder for checkpoints and the final model.")
     if run["early_stopping"]:

@@ -20,7 +20,7 @@ from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCall
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from ..data.processing import check_block_size, collator
+from ..data.processing import RandomPositionOffsets, check_block_size, collator
 from ..errors import UsageError
 from ..evaluation.exact_match import exact_match, greedy_answers, read_answer
 from ..files import staged, staging_path
@@ -43,6 +43,19 @@ class MtlmTrainer(Trainer):
     cumulative training FLOPs, perplexity beside every evaluation loss, and MoE's auxiliary loss on its own."""
 
     _staging_run_dir: Path | None = None  # while a checkpoint is written: the folder that stands for the run folder
+
+    def __init__(self, *args, train_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_collator = train_collator  # batches training alone (evaluation keeps data_collator)
+
+    def get_train_dataloader(self):
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        collate, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collate
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # Matrices (linear weights, embeddings, experts) decay; norms, biases and other vectors do not.
@@ -267,6 +280,8 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         model = build_model(AutoConfig.from_pretrained(resume_from))
     else:
         model = build_model(config, init_from)
+    train_collator = RandomPositionOffsets(collator(tokenizer), config.max_position_embeddings) \
+        if run["data"].get("random_position_offsets") else None
     evaluation_split = "validation" if "validation" in datasets else None
     validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
 
@@ -283,6 +298,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             train_dataset=datasets["train"],
             eval_dataset=datasets[evaluation_split] if evaluation_split else None,
             data_collator=collator(tokenizer),
+            train_collator=train_collator,
             processing_class=tokenizer,
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
                        RunFolderSaved(folder), *early_stopping(run), *callbacks],
