@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from bench_tiny_lm import save, save_figure  # noqa: E402  (the study scripts' JSON and figure writers)
-from transformers import TrainerCallback  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
 from mtlm.evaluation.exact_match import (answer_digits, exact_match, read_answer,
                                            read_prompt_targets)  # noqa: E402
@@ -126,9 +126,35 @@ def first_step_at(curve: list[dict], target: float = TARGET) -> int | None:
     return next((point["step"] for point in curve if point["exact_match"] >= target), None)
 
 
+def run_folder(runs: Path, name: str) -> Path:
+    return runs / re.sub(r"[^\w.+-]+", "_", name)  # a sweep point's overrides, made a folder name
+
+
+def validation_scores(model, tokenizer, validation: list[dict]) -> dict:
+    """Exact match on the whole validation split, and on its short answers at their own and at shifted positions."""
+    return {
+        "validation": exact_match(model, tokenizer, validation, batch_size=256),
+        "short_answers": shifted_exact_match(model, tokenizer,
+                                             [row for row in validation if answer_digits(row["target"]) <= 2],
+                                             end_position=max(len(row["prompt"]) for row in validation)),
+    }
+
+
+def rescore(results: dict, runs: Path) -> None:
+    """Score every arm's saved model on validation again (after a change to the scoring; test stays as scored)."""
+    for name, row in results.items():
+        folder = run_folder(runs, name)
+        if not (folder / "config.json").exists():
+            print(f"{name}: no model in {folder}, kept as scored")
+            continue
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        data = row.get("data") or run_config.load(row["config"], row["overrides"])["data"]["arithmetic"]["out_dir"]
+        row.update(validation_scores(model, tokenizer, read_prompt_targets(Path(data) / "val.jsonl")))
+
+
 def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -> dict:
-    folder_name = re.sub(r"[^\w.+-]+", "_", arm.name)  # a sweep point's overrides, made a folder name
-    run = run_config.load(arm.config, [*arm.overrides, *extra_overrides, f"training.output_dir={runs / folder_name}",
+    output_dir = run_folder(runs, arm.name)
+    run = run_config.load(arm.config, [*arm.overrides, *extra_overrides, f"training.output_dir={output_dir}",
                                        f"training.eval_steps={eval_steps}", "training.save_strategy=no",
                                        "training.disable_tqdm=true"])
     folder = Path(run["data"]["arithmetic"]["out_dir"])
@@ -145,13 +171,10 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
     tokenizer, model = trainer.processing_class, trainer.model
     validation = read_prompt_targets(folder / "val.jsonl")
     row = {
-        "config": arm.config, "overrides": arm.overrides, "parameters": model.num_parameters(),
+        "config": arm.config, "overrides": arm.overrides, "data": str(folder), "parameters": model.num_parameters(),
         "steps": trainer.state.global_step, "training_flops": trainer.state.total_flos, "wall_s": round(wall, 1),
         "curve": curve, "steps_to_target": first_step_at(curve), "expert_load": load.history,
-        "validation": exact_match(model, tokenizer, validation, batch_size=256),
-        "short_answers": shifted_exact_match(model, tokenizer,
-                                             [row for row in validation if answer_digits(row["target"]) <= 2],
-                                             end_position=max(len(row["prompt"]) for row in validation)),
+        **validation_scores(model, tokenizer, validation),
     }
     if arm.final:
         rows = read_prompt_targets(folder / "test.jsonl")
@@ -161,21 +184,36 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
     return row
 
 
+def layout_split(scored: dict) -> str:
+    """Exact match on the most common operand layout (e.g. ddd+ddd=) and on all the others together."""
+    layouts = scored.get("by_layout")
+    if not layouts:
+        return "–"
+    common = max(layouts, key=lambda shape: layouts[shape]["n"])
+    rest = [row for shape, row in layouts.items() if shape != common]
+    rest_n = sum(row["n"] for row in rest)
+    rest_score = sum(row["exact_match"] * row["n"] for row in rest) / rest_n if rest_n else float("nan")
+    return f"{common} {layouts[common]['exact_match']:.1%} / {rest_score:.1%} (n={rest_n})"
+
+
 def table(results: dict) -> str:
+    """A row per arm; the breakdowns score the test split where it was scored, else validation (sweep points)."""
     lines = ["| arm | params | steps | steps to 99% (validation) | validation | test | by answer digits, 1 / 2 / 3 / 4 "
-             "(test; validation for sweep points) | short answers (validation): own positions / shifted | wall | test scoring |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+             "| most common operand layout / the others | short answers: own positions / shifted (validation) "
+             "| wall | test scoring |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|"]
     for name, row in results.items():
         test, scoring, short = row.get("test"), row.get("test_scoring_s"), row.get("short_answers")
-        scored = (test or row["validation"])["by_digits"]
-        by_digits = " / ".join(f"{scored[str(digits)]:.1%}" if str(digits) in scored else "–" for digits in range(1, 5))
+        scored = test or row["validation"]
+        by_digits = " / ".join(f"{scored['by_digits'][str(digits)]:.1%}" if str(digits) in scored["by_digits"]
+                               else "–" for digits in range(1, 5))
         test_score = f"{test['exact_match']:.2%}" if test else "–"
         short_scores = (f"{short['own positions']:.1%} / {short['shifted']:.1%} (n={short['n']})"
                         if short and short["n"] else "–")
         lines.append(
             f"| {name} | {row['parameters']:,} | {row['steps']:,} | {row['steps_to_target'] or 'not reached'} "
-            f"| {row['validation']['exact_match']:.2%} | {test_score} | {by_digits} | {short_scores} "
-            f"| {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
+            f"| {row['validation']['exact_match']:.2%} | {test_score} | {by_digits} | {layout_split(scored)} "
+            f"| {short_scores} | {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
     return "\n".join(lines)
 
 
@@ -226,12 +264,17 @@ def main() -> None:
                         help="override a value of the arms' run configs: a sweep point, kept under the arm's name and "
                              "its overrides, never scored on the test split")
     parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the saved models on validation again, then redraw (no training)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "arithmetic.json")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "arithmetic")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "arithmetic.png")
     args = parser.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    if not args.plot_only:
+    if args.rescore:
+        rescore(results, args.runs)
+        save(results, args.results)
+    elif not args.plot_only:
         for name in args.only or ARMS:
             # An arm with overrides is a sweep point, kept under its own name: it never reads the test split.
             arm = ARMS[name] if not args.set else replace(ARMS[name], name=f"{name} {' '.join(args.set)}", final=False)

@@ -205,3 +205,18 @@ def test_results_are_kept_only_in_local_checkpoint_folders(checkpoint, tmp_path,
     assert save_into_checkpoint("gpt2", "perplexity", {"results": {"x": {"loss": 1.0}}}) is None
     assert not (tmp_path / "gpt2").exists()
     assert save_into_checkpoint(checkpoint, "perplexity", {"results": {"x": {"loss": 1.0}}}).is_file()
+
+
+def test_exact_match_scores_each_answer_length_and_operand_layout(monkeypatch):
+    from mtlm.evaluation import exact_match as module
+
+    rows = [{"prompt": "12+345=", "target": "357"}, {"prompt": "99+1=", "target": "100"},
+            {"prompt": "123+456=", "target": "579"}, {"prompt": "1+2=", "target": "3"},
+            {"prompt": "7+8=", "target": "15", "reversed": True}]
+    generated = ["357", "10", "579", "3", "51"]  # the reversed row's "51" reads back as 15
+    monkeypatch.setattr(module, "greedy_answers", lambda model, tokenizer, prompts, *args: generated[: len(prompts)])
+    result = module.exact_match(None, make_tokenizer("arithmetic"), rows, progress=False)
+    assert result["exact_match"] == 4 / 5
+    assert result["by_digits"] == {"1": 1.0, "2": 1.0, "3": 2 / 3}
+    assert result["by_layout"] == {"d+d=": {"exact_match": 1.0, "n": 2}, "dd+d=": {"exact_match": 0.0, "n": 1},
+                                   "dd+ddd=": {"exact_match": 1.0, "n": 1}, "ddd+ddd=": {"exact_match": 1.0, "n": 1}}

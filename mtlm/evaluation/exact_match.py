@@ -1,6 +1,7 @@
 """Greedy exact match on prompt/target data (MLM's metric), overall and by the answer's digit length."""
 
 import os
+import re
 from collections import defaultdict
 
 import torch
@@ -12,6 +13,11 @@ from ..files import read_jsonl
 
 def answer_digits(target: str) -> int:
     return len(target.lstrip("-"))
+
+
+def layout(prompt: str) -> str:
+    """The prompt's shape with every digit written d ("ddd+dd="): the operands' lengths and the operators."""
+    return re.sub(r"\d", "d", prompt)
 
 
 def read_answer(row: dict, generated: str) -> str:
@@ -45,22 +51,25 @@ def greedy_answers(model, tokenizer, prompts: list[str], batch_size: int = 64, m
 
 
 def exact_match(model, tokenizer, examples: list[dict], batch_size: int = 64, progress: bool = True) -> dict:
-    """{"exact_match", "by_digits": {digits: accuracy}, "n", "samples"} for rows with "prompt" and "target"."""
+    """{"exact_match", "by_digits": {digits: accuracy}, "by_layout": {layout: {"exact_match", "n"}}, "n", "samples"}
+    for rows with "prompt" and "target"."""
     longest = max(len(tokenizer(row["target"], add_special_tokens=False)["input_ids"]) for row in examples)
     answers = greedy_answers(model, tokenizer, [row["prompt"] for row in examples], batch_size, longest + 1, progress)
-    hits, by_digits = 0, defaultdict(lambda: [0, 0])
+    hits, by_digits, by_layout = 0, defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
     predictions = [read_answer(row, answer) for row, answer in zip(examples, answers)]
     for row, prediction in zip(examples, predictions):
         correct = prediction == row["target"]
         hits += correct
-        bucket = by_digits[answer_digits(row["target"])]
-        bucket[0] += correct
-        bucket[1] += 1
+        for bucket in (by_digits[answer_digits(row["target"])], by_layout[layout(row["prompt"])]):
+            bucket[0] += correct
+            bucket[1] += 1
     samples = [{"prompt": row["prompt"], "target": row["target"], "prediction": prediction}
                for row, prediction in list(zip(examples, predictions))[:8]]
     return {
         "exact_match": hits / len(examples),
         "by_digits": {str(digits): right / total for digits, (right, total) in sorted(by_digits.items())},
+        "by_layout": {shape: {"exact_match": right / total, "n": total}
+                      for shape, (right, total) in sorted(by_layout.items())},
         "n": len(examples),
         "samples": samples,
     }
