@@ -134,9 +134,9 @@ def collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None 
 class RandomPositionOffsets:
     """A collator whose batches read each row at positions shifted by a random offset in [0, max_positions - the
     row's length] (`position_ids`), so that every position is trained in every role (randomized positional encodings,
-    Ruoss et al. 2023). A model with learned absolute positions otherwise learns the positions that short rows
-    occupy only from the few rows that are short. Offsets come from torch's global generator, which the Trainer
-    saves in checkpoints, so --resume draws the same ones."""
+    Ruoss et al. 2023). A model with learned absolute positions otherwise finds a digit by where it sits, and learns
+    each prompt layout (operand lengths) as its own problem, the rare ones from few rows. Offsets come from torch's
+    global generator, which the Trainer saves in checkpoints, so --resume draws the same ones."""
 
     def __init__(self, collate, max_positions: int):
         self.collate, self.max_positions = collate, max_positions

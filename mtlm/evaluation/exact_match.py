@@ -1,4 +1,5 @@
-"""Greedy exact match on prompt/target data (MLM's metric), overall and by the answer's digit length."""
+"""Greedy exact match on prompt/target data (MLM's metric), overall, by the answer's digit length and by the
+prompt's layout (operand lengths and operators)."""
 
 import os
 import re
