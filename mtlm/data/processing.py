@@ -136,7 +136,7 @@ class RandomPositionOffsets:
     row's length] (`position_ids`), so that every position is trained in every role (randomized positional encodings,
     Ruoss et al. 2023). A model with learned absolute positions otherwise finds a digit by where it sits, and learns
     each prompt layout (operand lengths) as its own problem, the rare ones from few rows. Offsets come from torch's
-    global generator, which the Trainer saves in checkpoints, so --resume draws the same ones."""
+    global generator, which the Trainer seeds and saves in its checkpoints."""
 
     def __init__(self, collate, max_positions: int):
         self.collate, self.max_positions = collate, max_positions
