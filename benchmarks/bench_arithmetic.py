@@ -136,7 +136,9 @@ def validation_scores(model, tokenizer, validation: list[dict]) -> dict:
         "validation": exact_match(model, tokenizer, validation, batch_size=256),
         "short_answers": shifted_exact_match(model, tokenizer,
                                              [row for row in validation if answer_digits(row["target"]) <= 2],
-                                             end_position=max(len(row["prompt"]) for row in validation)),
+                                             end_position=max(len(ids) for ids in tokenizer(
+                                                 [row["prompt"] for row in validation],
+                                                 add_special_tokens=False)["input_ids"])),
     }
 
 

@@ -280,7 +280,8 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
         model = build_model(AutoConfig.from_pretrained(resume_from))
     else:
         model = build_model(config, init_from)
-    train_collator = RandomPositionOffsets(collator(tokenizer), config.max_position_embeddings) \
+    batches = collator(tokenizer)
+    train_collator = RandomPositionOffsets(batches, config.max_position_embeddings) \
         if run["data"].get("random_position_offsets") else None
     evaluation_split = "validation" if "validation" in datasets else None
     validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
@@ -297,7 +298,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             args=arguments,
             train_dataset=datasets["train"],
             eval_dataset=datasets[evaluation_split] if evaluation_split else None,
-            data_collator=collator(tokenizer),
+            data_collator=batches,
             train_collator=train_collator,
             processing_class=tokenizer,
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
