@@ -186,22 +186,26 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
     return row
 
 
-def layout_split(scored: dict) -> str:
-    """Exact match on the most common operand layout (e.g. ddd+ddd=) and on all the others together."""
+def last_operand_split(scored: dict) -> str:
+    """Exact match on the prompts whose last operand is as long as any (e.g. d+ddd=, ddd+ddd=) and on those whose last
+    operand is shorter (ddd+dd=): where the two operands' digits sit relative to each other, and to the "="."""
     layouts = scored.get("by_layout")
     if not layouts:
         return "–"
-    common = max(layouts, key=lambda shape: layouts[shape]["n"])
-    rest = [row for shape, row in layouts.items() if shape != common]
-    rest_n = sum(row["n"] for row in rest)
-    rest_score = sum(row["exact_match"] * row["n"] for row in rest) / rest_n if rest_n else float("nan")
-    return f"{common} {layouts[common]['exact_match']:.1%} / {rest_score:.1%} (n={rest_n})"
+    last_length = {shape: len(shape.rstrip("=")) - len(shape.rstrip("=").rstrip("d")) for shape in layouts}
+    longest = max(last_length.values())
+    groups = [[row for shape, row in layouts.items() if (last_length[shape] == longest) == full] for full in (1, 0)]
+    scores = []
+    for rows in groups:
+        n = sum(row["n"] for row in rows)
+        scores.append(f"{sum(row['exact_match'] * row['n'] for row in rows) / n:.1%} (n={n})" if n else "–")
+    return " / ".join(scores)
 
 
 def table(results: dict) -> str:
     """A row per arm; the breakdowns score the test split where it was scored, else validation (sweep points)."""
     lines = ["| arm | params | steps | steps to 99% (validation) | validation | test | by answer digits, 1 / 2 / 3 / 4 "
-             "| most common operand layout / the others | short answers: own positions / shifted (validation) "
+             "| last operand full length / shorter | short answers: own positions / shifted (validation) "
              "| wall | test scoring |",
              "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|"]
     for name, row in results.items():
@@ -214,7 +218,7 @@ def table(results: dict) -> str:
                         if short and short["n"] else "–")
         lines.append(
             f"| {name} | {row['parameters']:,} | {row['steps']:,} | {row['steps_to_target'] or 'not reached'} "
-            f"| {row['validation']['exact_match']:.2%} | {test_score} | {by_digits} | {layout_split(scored)} "
+            f"| {row['validation']['exact_match']:.2%} | {test_score} | {by_digits} | {last_operand_split(scored)} "
             f"| {short_scores} | {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
     return "\n".join(lines)
 
@@ -245,20 +249,27 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def plot_expert_load(results: dict, path: Path) -> Path | None:
-    """Each MoE arm's expert load while training: per layer, each expert's share of the top-k picks against steps."""
+    """The MoE arms' router balance while training: per layer, the least and the most used expert's share of the
+    top-k picks against steps, a line pair per arm (a collapsed router drives the least used one to 0)."""
     arms = {name: row["expert_load"] for name, row in results.items() if row.get("expert_load")}
     if not arms:
         return None
     layers = len(next(iter(arms.values()))[0]["load"])
-    figure, axes = plt.subplots(len(arms), layers, figsize=(5 * layers, 3.2 * len(arms)), squeeze=False)
-    for row_axes, (name, history) in zip(axes, arms.items()):
+    figure, axes = plt.subplots(1, layers, figsize=(6 * layers, 5), squeeze=False)
+    for name, history in arms.items():
         steps = [point["step"] for point in history]
-        for layer, axis in enumerate(row_axes):
-            shares = list(zip(*[point["load"][layer] for point in history]))
-            axis.stackplot(steps, shares, labels=[f"expert {index}" for index in range(len(shares))])
-            axis.set(title=f"{name}: layer {layer}", xlabel="training steps", ylabel="share of top-k picks",
-                     ylim=(0, 1))
-    axes[0][0].legend(fontsize=7, loc="upper right")
+        for layer, axis in enumerate(axes[0]):
+            shares = [point["load"][layer] for point in history]
+            (line,) = axis.plot(steps, [min(share) for share in shares], label=short_label(name) if layer else None)
+            axis.plot(steps, [max(share) for share in shares], ":", color=line.get_color())
+    experts = len(next(iter(arms.values()))[0]["load"][0])
+    for layer, axis in enumerate(axes[0]):
+        axis.axhline(1 / experts, color="grey", lw=0.8, ls="--")
+        axis.set(title=f"layer {layer}: least (solid) and most (dotted) used expert", xlabel="training steps",
+                 ylabel="share of top-k picks", ylim=(0, 1))
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper right")  # the curves stay below 1/2: the upper half is free
+    figure.suptitle("Mixtral arms: expert load (an even router gives every expert 1/experts, dashed)")
     return save_figure(figure, path)
 
 

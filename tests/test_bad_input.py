@@ -106,6 +106,10 @@ CASES = [
      "packed corpus blocks"),
     ("train-position-offsets-without-positions", "train {w}/mlp-arithmetic.yaml", USAGE,
      "mtlm_mlp models take no position ids"),
+    ("train-balance-layouts-on-a-corpus", "train {w}/good.yaml --set data.balance_layouts=1", USAGE,
+     "a corpus has none"),
+    ("train-balance-layouts-above-one", "train {w}/mlp-arithmetic.yaml --set data.random_position_offsets=false "
+     "--set data.balance_layouts=2", USAGE, "balance_layouts = 2"),
     ("train-unknown-flag", "train {w}/good.yaml --max-steps 3", USAGE, "--max-steps"),
     ("train-zero-patience", "train {w}/good.yaml --set early_stopping.patience=0", USAGE, "patience = 0"),
     ("train-early-stopping-without-best", "train {w}/good.yaml --set early_stopping.patience=3", USAGE,

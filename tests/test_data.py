@@ -174,6 +174,31 @@ def test_prompt_target_labels_only_the_answer_and_the_collator_pads():
     assert batch["attention_mask"][1].tolist() == [1] * 10
 
 
+def test_layout_weights_draw_every_operand_layout_equally_often_at_balance_one():
+    examples = arithmetic.generate(5000, seed=3)
+    prompts = [row["prompt"] for row in examples]
+    layouts = [arithmetic.layout(prompt) for prompt in prompts]
+    kinds = len(set(layouts))  # d+d= is 1 in 10,000 and may be missing
+    assert layouts.count("ddd+ddd=") > 0.75 * len(prompts) and kinds >= 8
+    assert torch.equal(arithmetic.layout_weights(prompts, 0), torch.ones(len(prompts), dtype=torch.double))
+    for balance in (0.5, 1.0):
+        weights = arithmetic.layout_weights(prompts, balance)
+        share = {shape: float(sum(w for w, other in zip(weights, layouts) if other == shape) / weights.sum())
+                 for shape in set(layouts)}
+        rows = {shape: layouts.count(shape) for shape in share}
+        if balance == 1.0:  # each layout's rows together weigh the same
+            assert max(share.values()) == pytest.approx(1 / kinds) and min(share.values()) == pytest.approx(1 / kinds)
+        else:  # in between: a layout's share grows as the square root of its rows
+            expected = {shape: n ** 0.5 / sum(m ** 0.5 for m in rows.values()) for shape, n in rows.items()}
+            assert share == pytest.approx(expected)
+    torch.manual_seed(0)
+    drawn = torch.multinomial(arithmetic.layout_weights(prompts, 1.0), 1000 * kinds, replacement=True)
+    counts = {shape: 0 for shape in set(layouts)}
+    for index in drawn.tolist():
+        counts[layouts[index]] += 1
+    assert min(counts.values()) > 800 and max(counts.values()) < 1200  # 1000 each, the rare ones repeated
+
+
 def test_random_position_offsets_shift_each_row_within_the_context_and_only_learned_positions_notice():
     tokenizer = arithmetic_tokenizer()
     rows = [{"text": "<bos>1+2=3<eos>"}, {"text": "<bos>7-9*2=-4<eos>"}, {"text": "<bos>12+34=46<eos>"}]

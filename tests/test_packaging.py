@@ -32,6 +32,12 @@ def test_bundled_configs_are_listed_and_found_by_name(tmp_path, capsys, monkeypa
         run_config.find_config("shakespeare")
 
 
+@pytest.mark.parametrize("name", sorted(run_config.bundled_configs()))
+def test_every_bundled_config_passes_validation(name):
+    run = run_config.load(name)
+    assert run["training"]["output_dir"] and run["model"]
+
+
 def test_the_wheel_installs_and_trains_and_generates_from_an_empty_folder(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(

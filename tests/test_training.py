@@ -180,7 +180,7 @@ def test_arithmetic_runs_report_exact_match_end_on_validation_answers_and_eval_s
         "tokenizer": {"kind": "arithmetic"},
         "data": {"source": "arithmetic", "arithmetic": {"out_dir": str(tmp_path / "data"), "n_samples": 300,
                                                         "B": 99, "seed": 1, "reverse": True},
-                 "random_position_offsets": True},
+                 "random_position_offsets": True, "balance_layouts": 1.0},
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 6, "per_device_train_batch_size": 16,
                      "eval_strategy": "steps", "eval_steps": 3, "save_strategy": "no", "disable_tqdm": True},
     }
@@ -225,6 +225,29 @@ def test_random_position_offsets_reach_training_batches_and_not_evaluation(tmp_p
     assert "position_ids" in next(iter(trainer.get_train_dataloader()))
     assert "position_ids" not in next(iter(trainer.get_eval_dataloader()))
     assert trainer.data_collator is not trainer.train_collator
+
+
+def test_training_rows_are_drawn_by_their_sample_weights(tmp_path):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from mtlm.data.processing import collator, tokenize_prompt_target
+    from mtlm.data.tokenization import arithmetic_tokenizer
+
+    tokenizer = arithmetic_tokenizer()
+    texts = [f"<bos>{a}+1={a + 1}<eos>" for a in range(10, 20)]
+    rows = tokenize_prompt_target(Dataset.from_list([{"text": text} for text in texts]), tokenizer)
+    config = AutoConfig.for_model("mtlm_gpt", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=20)
+    weights = torch.zeros(len(texts), dtype=torch.double)
+    weights[[2, 7]] = 1.0
+    trainer = MtlmTrainer(model=AutoModelForCausalLM.from_config(config),
+                          args=TrainingArguments(str(tmp_path), per_device_train_batch_size=5, report_to=[]),
+                          train_dataset=rows, data_collator=collator(tokenizer), train_sample_weights=weights)
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == 2  # an epoch is still as many draws as rows
+    drawn = {tokenizer.decode(row, skip_special_tokens=True) for batch in batches for row in batch["input_ids"]}
+    assert drawn == {"12+1=13", "17+1=18"}
 
 
 def test_chat_reads_prompts_and_temperature_until_quit(tmp_path):

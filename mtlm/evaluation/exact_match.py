@@ -2,23 +2,17 @@
 prompt's layout (operand lengths and operators)."""
 
 import os
-import re
 from collections import defaultdict
 
 import torch
 from tqdm.auto import tqdm
 
-from ..data.arithmetic import reverse_digits
+from ..data.arithmetic import layout, reverse_digits
 from ..files import read_jsonl
 
 
 def answer_digits(target: str) -> int:
     return len(target.lstrip("-"))
-
-
-def layout(prompt: str) -> str:
-    """The prompt's shape with every digit written d ("ddd+dd="): the operands' lengths and the operators."""
-    return re.sub(r"\d", "d", prompt)
 
 
 def read_answer(row: dict, generated: str) -> str:

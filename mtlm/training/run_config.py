@@ -30,7 +30,7 @@ TOKENIZER_KEYS = {"kind": str, "vocab_size": int, "max_vocab": int, "path": str,
 TOKENIZER_KINDS = {"arithmetic", "byte", "byte_chunks", "char", "bpe", "word", "pretrained"}
 DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "splits": dict[str, float] | list[str],
              "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict,
-             "random_position_offsets": bool}
+             "random_position_offsets": bool, "balance_layouts": int | float}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
                    "seed": int, "reverse": bool, "division": str}
@@ -208,6 +208,14 @@ def validate(run: dict) -> dict:
         raise UsageError(f"tokenizer.kind = {run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
         raise UsageError(f"data.source = {run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
+    balance = run["data"].get("balance_layouts")
+    if balance is not None:
+        if run["data"].get("source") != "arithmetic":
+            raise UsageError("data.balance_layouts reweights prompt/target rows by their operand layout; a corpus has "
+                             "none. Drop the key, or train on data.source: arithmetic.")
+        if not 0 <= balance <= 1:
+            raise UsageError(f"data.balance_layouts = {balance}: give an exponent from 0 (the data's own mix) to 1 "
+                             "(every operand layout drawn equally often).")
     if run["data"].get("random_position_offsets"):
         if run["data"].get("source") != "arithmetic":
             raise UsageError("data.random_position_offsets shifts the positions of prompt/target rows shorter than "

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import PartialState
+from torch.utils.data import WeightedRandomSampler
 from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from ..data.arithmetic import layout_weights
 from ..data.processing import RandomPositionOffsets, check_block_size, collator
 from ..errors import UsageError
 from ..evaluation.exact_match import exact_match, greedy_answers, read_answer
@@ -44,9 +46,16 @@ class MtlmTrainer(Trainer):
 
     _staging_run_dir: Path | None = None  # while a checkpoint is written: the folder that stands for the run folder
 
-    def __init__(self, *args, train_collator=None, **kwargs):
+    def __init__(self, *args, train_collator=None, train_sample_weights: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_collator = train_collator  # batches training alone (evaluation keeps data_collator)
+        self.train_sample_weights = train_sample_weights  # a weight per training row: drawn with replacement
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        # An epoch is still len(dataset) draws, so max_steps, epochs and the FLOPs count mean what they did.
+        return WeightedRandomSampler(self.train_sample_weights, len(self.train_sample_weights))
 
     def get_train_dataloader(self):
         if self.train_collator is None:
@@ -283,6 +292,8 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
     batches = collator(tokenizer)
     train_collator = RandomPositionOffsets(batches, config.max_position_embeddings) \
         if run["data"].get("random_position_offsets") else None
+    balance = run["data"].get("balance_layouts", 0)
+    sample_weights = layout_weights(texts["train"]["prompt"], balance) if balance else None
     evaluation_split = "validation" if "validation" in datasets else None
     validation_rows = texts["validation"].to_list() if prompt_target and evaluation_split else None
 
@@ -300,6 +311,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             eval_dataset=datasets[evaluation_split] if evaluation_split else None,
             data_collator=batches,
             train_collator=train_collator,
+            train_sample_weights=sample_weights,
             processing_class=tokenizer,
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
                        RunFolderSaved(folder), *early_stopping(run), *callbacks],
