@@ -175,6 +175,7 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
     row = {
         "config": arm.config, "overrides": arm.overrides, "data": str(folder), "parameters": model.num_parameters(),
         "steps": trainer.state.global_step, "training_flops": trainer.state.total_flos, "wall_s": round(wall, 1),
+        "threads": torch.get_num_threads(),
         "curve": curve, "steps_to_target": first_step_at(curve), "expert_load": load.history,
         **validation_scores(model, tokenizer, validation),
     }
@@ -203,7 +204,8 @@ def last_operand_split(scored: dict) -> str:
 
 
 def table(results: dict) -> str:
-    """A row per arm; the breakdowns score the test split where it was scored, else validation (sweep points)."""
+    """A row per arm; the breakdowns score the test split where it was scored, else validation (sweep points). Wall
+    times marked * come from runs made two at a time on the two cores, one thread each."""
     lines = ["| arm | params | steps | steps to 99% (validation) | validation | test | by answer digits, 1 / 2 / 3 / 4 "
              "| last operand full length / shorter | short answers: own positions / shifted (validation) "
              "| wall | test scoring |",
@@ -219,7 +221,22 @@ def table(results: dict) -> str:
         lines.append(
             f"| {name} | {row['parameters']:,} | {row['steps']:,} | {row['steps_to_target'] or 'not reached'} "
             f"| {row['validation']['exact_match']:.2%} | {test_score} | {by_digits} | {last_operand_split(scored)} "
-            f"| {short_scores} | {row['wall_s'] / 60:.1f} min | {'–' if scoring is None else f'{scoring:.1f} s'} |")
+            f"| {short_scores} | {row['wall_s'] / 60:.1f} min{' *' if row.get('threads') == 1 else ''} "
+            f"| {'–' if scoring is None else f'{scoring:.1f} s'} |")
+    return "\n".join(lines)
+
+
+def answer_order_table(results: dict) -> str:
+    """Per architecture, its bundled recipe with the answer in the usual order and reversed: steps to 99% on validation
+    and test exact match."""
+    lines = ["| architecture | steps to 99%: usual order | reversed | test: usual order | reversed |",
+             "|---|---:|---:|---:|---:|"]
+    for architecture in ("gpt2", "llama2", "mixtral"):
+        rows = [results.get(name) for name in (architecture, f"{architecture}-reversed")]
+        steps = [f"{row['steps_to_target']:,}" if row and row["steps_to_target"] else
+                 f"not in {row['steps']:,}" if row else "–" for row in rows]
+        tests = [f"{row['test']['exact_match']:.2%}" if row and "test" in row else "–" for row in rows]
+        lines.append(f"| {architecture} | {' | '.join(steps)} | {' | '.join(tests)} |")
     return "\n".join(lines)
 
 
@@ -229,22 +246,36 @@ def short_label(name: str) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    """Validation exact match against steps and against training FLOPs, a line per arm (reversed answers dashed)."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.15 * len(results)))
+    """The bundled recipes' validation exact match while training: addition against steps and against training FLOPs,
+    a colour per architecture (reversed answers dashed), and the other operators against steps. Sweep points are in
+    the table only."""
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    architectures = ("gpt2", "llama2", "mixtral")
     for name, row in results.items():
-        style = "--" if "revers" in name else "-"
+        if name not in ARMS:
+            continue
+        architecture = name.removesuffix("-reversed")
         steps = [point["step"] for point in row["curve"]]
         flops = [point["flos"] for point in row["curve"]]
         scores = [point["exact_match"] for point in row["curve"]]
-        (line,) = axes[0].plot(steps, scores, style, label=short_label(name))
-        axes[1].plot(flops, scores, style, color=line.get_color())
-    for axis, label in zip(axes, ("training steps", "training FLOPs")):
+        label = f"{name} ({row['parameters'] / 1e3:.0f}K)"
+        if architecture in architectures:
+            style = {"ls": "--" if name.endswith("-reversed") else "-",
+                     "color": f"C{architectures.index(architecture)}"}
+            axes[0].plot(steps, scores, label=label, **style)
+            axes[1].plot(flops, scores, **style)
+        else:
+            axes[2].plot(steps, scores, label=label)
+    titles = ("3-digit addition", "3-digit addition", "other operators, Llama-2 recipe")
+    for axis, label, title in zip(axes, ("training steps", "training FLOPs", "training steps"), titles):
         axis.axhline(TARGET, color="grey", lw=0.8, ls=":")
-        axis.set(xlabel=label, ylabel="greedy exact match (500 validation prompts)", ylim=(0, 1.02))
+        axis.set(xlabel=label, ylabel="greedy exact match (500 validation prompts)", ylim=(0, 1.02), title=title)
         axis.grid(alpha=0.3)
     axes[1].set_xscale("log")
-    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
-    figure.suptitle("Arithmetic (3-digit addition unless named): exact match while training")
+    for axis in (axes[0], axes[2]):
+        if axis.lines[1:]:  # more than the target line
+            axis.legend(fontsize=8, loc="lower right")
+    figure.suptitle("Arithmetic: exact match while training (dotted: 99%; dashed: answers written reversed)")
     return save_figure(figure, path)
 
 
@@ -254,22 +285,28 @@ def plot_expert_load(results: dict, path: Path) -> Path | None:
     arms = {name: row["expert_load"] for name, row in results.items() if row.get("expert_load")}
     if not arms:
         return None
-    layers = len(next(iter(arms.values()))[0]["load"])
-    figure, axes = plt.subplots(1, layers, figsize=(6 * layers, 5), squeeze=False)
-    for name, history in arms.items():
+    layers = max(len(history[0]["load"]) for history in arms.values())  # the deepest arm's: 2-layer arms fill two
+    figure, axes = plt.subplots(2, layers, figsize=(4.5 * layers, 4.5 + 0.1 * len(arms)), squeeze=False,
+                                height_ratios=(4.5, 0.1 * len(arms)))
+    legend = figure.add_subplot(axes[1][0].get_gridspec()[1, :])
+    for axis in [*axes[1], legend]:
+        axis.axis("off")
+    for index, (name, history) in enumerate(arms.items()):
         steps = [point["step"] for point in history]
-        for layer, axis in enumerate(axes[0]):
+        for layer in range(len(history[0]["load"])):
             shares = [point["load"][layer] for point in history]
-            (line,) = axis.plot(steps, [min(share) for share in shares], label=short_label(name) if layer else None)
-            axis.plot(steps, [max(share) for share in shares], ":", color=line.get_color())
+            style = {"color": f"C{index % 10}", "ls": "-" if index < 10 else "-."}
+            axes[0][layer].plot(steps, [min(share) for share in shares], label=short_label(name), **style)
+            axes[0][layer].plot(steps, [max(share) for share in shares], ":", color=style["color"])
     experts = len(next(iter(arms.values()))[0]["load"][0])
     for layer, axis in enumerate(axes[0]):
         axis.axhline(1 / experts, color="grey", lw=0.8, ls="--")
-        axis.set(title=f"layer {layer}: least (solid) and most (dotted) used expert", xlabel="training steps",
+        axis.set(title=f"layer {layer}", xlabel="training steps",
                  ylabel="share of top-k picks", ylim=(0, 1))
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper right")  # the curves stay below 1/2: the upper half is free
-    figure.suptitle("Mixtral arms: expert load (an even router gives every expert 1/experts, dashed)")
+    legend.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="upper center", ncol=2, frameon=False)
+    figure.suptitle("Mixtral arms: share of the top-k picks of the least (solid) and the most (dotted) used expert; "
+                    "an even router gives every expert 1/experts (dashed)")
     return save_figure(figure, path)
 
 
@@ -299,10 +336,13 @@ def main() -> None:
             if arm.name in results and not args.rerun:
                 continue
             print(f"=== {arm.name} ===", flush=True)
-            results[arm.name] = run_one(arm, args.runs, args.eval_steps, args.set)
+            row = run_one(arm, args.runs, args.eval_steps, args.set)
+            # Read the file again: another study process may have recorded its arms while this one trained.
+            results = {**(json.loads(args.results.read_text()) if args.results.exists() else {}), arm.name: row}
             save(results, args.results)
             print(table({arm.name: results[arm.name]}), flush=True)
     print(table(results))
+    print(answer_order_table(results))
     print(f"wrote {plot(results, args.figure)}")
     loads = plot_expert_load(results, args.figure.with_name(f"{args.figure.stem}-expert-load.png"))
     if loads:
