@@ -12,6 +12,11 @@ docs/arithmetic.png (exact match against steps and against training FLOPs) are r
     python benchmarks/bench_arithmetic.py --only gpt2 llama2 mixtral
     python benchmarks/bench_arithmetic.py --only sub mul div sum3     # the other operators, Llama-2
     python benchmarks/bench_arithmetic.py --plot-only
+
+A sweep point whose recipe became the bundled config is adopted: its row becomes the arm's, its test split scored
+once, and the arm's previous row kept under a name of its own:
+
+    python benchmarks/bench_arithmetic.py --adopt "sum3 training.max_steps=40000" "sum3 training.max_steps=20000"
 """
 
 import argparse
@@ -29,7 +34,7 @@ import torch  # noqa: E402
 from bench_tiny_lm import save, save_figure  # noqa: E402  (the study scripts' JSON and figure writers)
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
-from mtlm.evaluation.exact_match import (answer_digits, exact_match, read_answer,
+from mtlm.evaluation.exact_match import (answer_digits, continuation, exact_match, read_answer,
                                            read_prompt_targets)  # noqa: E402
 from mtlm.training import run_config  # noqa: E402
 from mtlm.training.trainer import train  # noqa: E402
@@ -109,7 +114,7 @@ def shifted_exact_match(model, tokenizer, rows: list[dict], end_position: int) -
                                return_tensors="pt")["input_ids"].to(model.device)
             offset = end_position - (prompt.shape[1] - 1) if shifted else 0
             ids = prompt
-            for _ in range(len(row["target"]) + 1):
+            for _ in range(len(continuation(row)) + 1):
                 positions = torch.arange(ids.shape[1], device=ids.device)[None] + offset
                 next_id = model(input_ids=ids, position_ids=positions).logits[:, -1].argmax(-1, keepdim=True)
                 if next_id.item() == tokenizer.eos_token_id:
@@ -180,11 +185,39 @@ def run_one(arm: Arm, runs: Path, eval_steps: int, extra_overrides: list[str]) -
         **validation_scores(model, tokenizer, validation),
     }
     if arm.final:
-        rows = read_prompt_targets(folder / "test.jsonl")
-        started = time.perf_counter()
-        row["test"] = exact_match(model, tokenizer, rows, batch_size=256)
-        row["test_scoring_s"] = round(time.perf_counter() - started, 1)
+        row.update(test_scores(model, tokenizer, folder))
     return row
+
+
+def test_scores(model, tokenizer, folder: Path) -> dict:
+    """Exact match on the held-out test split, batched, and the seconds it took: once per bundled recipe."""
+    rows = read_prompt_targets(folder / "test.jsonl")
+    started = time.perf_counter()
+    scored = exact_match(model, tokenizer, rows, batch_size=256)
+    return {"test": scored, "test_scoring_s": round(time.perf_counter() - started, 1)}
+
+
+def adopt(results: dict, runs: Path, point: str, keep_previous_as: str | None) -> None:
+    """A sweep point chosen on validation became its arm's bundled config: record it under the arm's name and score
+    its test split once. The arm's previous row (and model) is kept under `keep_previous_as`."""
+    name, *changes = point.split()
+    if point not in results or name not in ARMS:
+        raise SystemExit(f"{point!r} is not a sweep point in the results: name one as the table prints it.")
+    arm = ARMS[name]
+    if run_config.load(arm.config, [*arm.overrides, *changes]) != run_config.load(arm.config, arm.overrides):
+        raise SystemExit(f"configs/{arm.config}.yaml does not hold every change of {point!r} yet: edit the config "
+                         "first, so that the adopted row is the bundled recipe as it stands.")
+    if name in results:
+        if not keep_previous_as or keep_previous_as in results:
+            raise SystemExit(f"{name!r} holds a row already: give a new name to keep it under (--adopt POINT NAME).")
+        results[keep_previous_as] = results.pop(name)
+        if run_folder(runs, name).exists():
+            run_folder(runs, name).rename(run_folder(runs, keep_previous_as))
+    folder = run_folder(runs, name)
+    run_folder(runs, point).rename(folder)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    row = results.pop(point)
+    results[name] = {**row, "adopted_from": point, **test_scores(model, tokenizer, Path(row["data"]))}
 
 
 def last_operand_split(scored: dict) -> str:
@@ -321,6 +354,9 @@ def main() -> None:
     parser.add_argument("--plot-only", action="store_true", help="redraw the table and figure from the results")
     parser.add_argument("--rescore", action="store_true",
                         help="score the saved models on validation again, then redraw (no training)")
+    parser.add_argument("--adopt", nargs="+", metavar="NAME",
+                        help="SWEEP_POINT [KEEP_PREVIOUS_AS]: the sweep point (as the table names it) became its "
+                             "arm's bundled config: record it as the arm and score its test split once")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "arithmetic.json")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "arithmetic")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "arithmetic.png")
@@ -328,6 +364,9 @@ def main() -> None:
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if args.rescore:
         rescore(results, args.runs)
+        save(results, args.results)
+    elif args.adopt:
+        adopt(results, args.runs, args.adopt[0], args.adopt[1] if len(args.adopt) > 1 else None)
         save(results, args.results)
     elif not args.plot_only:
         for name in args.only or ARMS:

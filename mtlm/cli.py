@@ -98,7 +98,7 @@ def _tokenizer(args: argparse.Namespace) -> None:
 def _data_arithmetic(args: argparse.Namespace) -> None:
     counts = arithmetic.write_splits(
         args.out_dir, n_samples=args.n_samples, n_operands=args.N, low=args.A, high=args.B, ops=args.ops,
-        seed=args.seed, reverse=args.reverse, division=args.division,
+        seed=args.seed, reverse=args.reverse, division=args.division, scratchpad=args.scratchpad,
     )
     print(f"Wrote {', '.join(f'{name}.jsonl ({count:,})' for name, count in counts.items())} to {args.out_dir}")
 
@@ -462,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exact division by rejection (reject: the seed's rule; [0, 999] holds ~8,500 exact "
                        "pairs), or construct: a leading division's dividend is a divisor in [max(A, 1), B] times a "
                        "quotient in [A, B]")
+    arith.add_argument("--scratchpad", action="store_true",
+                       help="for N >= 3: write each running total with the rest of the expression before the answer "
+                       "(123+456+789=579+789=1368); exact match reads the answer after the last =")
     arith.set_defaults(handler=_data_arithmetic)
 
     train = commands.add_parser(

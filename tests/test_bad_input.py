@@ -199,6 +199,7 @@ CASES = [
     ("arithmetic-zero-operands", "data arithmetic --out-dir {w}/a --N 0", USAGE, "'0'"),
     ("arithmetic-one-operand", "data arithmetic --out-dir {w}/a --N 1", USAGE, "at least 2"),
     ("arithmetic-reversed-range", "data arithmetic --out-dir {w}/a --A 10 --B 5", USAGE, "A=10, B=5"),
+    ("arithmetic-scratchpad-of-two", "data arithmetic --out-dir {w}/a --scratchpad", USAGE, "N >= 3"),
     ("arithmetic-unknown-operator", "data arithmetic --out-dir {w}/a --ops %", USAGE, "'%'"),
     ("convert-missing", "convert {w}/nowhere {w}/c", FILE, "nowhere"),
     ("convert-no-config", "convert {w}/noconfig {w}/c", FILE, "no config.json"),

@@ -3,6 +3,7 @@ synthetic arithmetic generator."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -286,6 +287,28 @@ def test_reversed_arithmetic_teaches_digits_least_significant_first_and_is_score
     assert read_answer(plain[0], plain[0]["target"]) == plain[0]["target"]
 
 
+def test_a_scratchpad_writes_each_running_total_and_trains_on_it():
+    rows = arithmetic.generate(300, n_operands=4, high=99, ops="+-", seed=4, scratchpad=True)
+    for row in rows:
+        numbers = [int(x) for x in re.findall(r"\d+", row["prompt"])]
+        operators = "".join(c for c in row["prompt"] if c in "+-")
+        totals = arithmetic.running_totals(numbers, operators)
+        assert row["scratchpad"] == f"{totals[0]}{operators[1]}{numbers[2]}{operators[2]}{numbers[3]}=" \
+            f"{totals[1]}{operators[2]}{numbers[3]}=" and row["target"] == str(totals[2])
+        assert row["text"] == f"<bos>{row['prompt']}{row['scratchpad']}{row['target']}<eos>"
+    flipped = arithmetic.generate(50, n_operands=3, seed=1, reverse=True, scratchpad=True)
+    first = flipped[0]
+    partial = sum(int(x) for x in first["prompt"][:-1].split("+")[:2])
+    assert first["scratchpad"] == f"{str(partial)[::-1]}+{first['prompt'][:-1].split('+')[2]}="
+    assert first["text"] == f"<bos>{first['prompt']}{first['scratchpad']}{first['target'][::-1]}<eos>"
+    tokenizer = arithmetic_tokenizer()
+    labels = tokenize_prompt_target(Dataset.from_list([first]), tokenizer)[0]["labels"]
+    learned = tokenizer(f"{first['scratchpad']}{first['target'][::-1]}<eos>", add_special_tokens=False)["input_ids"]
+    assert labels == [-100] * (len(labels) - len(learned)) + learned  # loss from the first "=" on: steps, answer
+    with pytest.raises(UsageError, match="N >= 3"):
+        arithmetic.generate(10, scratchpad=True)
+
+
 def test_constructed_division_is_exact_and_spans_the_range_rejection_cannot_fill():
     with pytest.raises(UsageError, match="Found only"):  # [0, 99] holds ~480 exact pairs a/b
         arithmetic.generate(2000, high=99, ops="/")
@@ -316,6 +339,8 @@ def test_an_arithmetic_folder_made_with_other_settings_is_refused_not_reused(tmp
         load_texts({**data, "arithmetic": {**data["arithmetic"], "reverse": True}})
     with pytest.raises(UsageError, match=r"division='reject' there, 'construct' here\)"):
         load_texts({**data, "arithmetic": {**data["arithmetic"], "ops": "+/", "division": "construct"}})
+    with pytest.raises(UsageError, match=r"scratchpad=False there, True here"):
+        load_texts({**data, "arithmetic": {**data["arithmetic"], "N": 3, "scratchpad": True}})
     settings = tmp_path / "add" / arithmetic.SETTINGS_FILE  # as written before `division` was recorded
     settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "division"}))
     assert load_texts(data)["train"].num_rows == 80

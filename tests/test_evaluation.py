@@ -212,11 +212,21 @@ def test_exact_match_scores_each_answer_length_and_operand_layout(monkeypatch):
 
     rows = [{"prompt": "12+345=", "target": "357"}, {"prompt": "99+1=", "target": "100"},
             {"prompt": "123+456=", "target": "579"}, {"prompt": "1+2=", "target": "3"},
-            {"prompt": "7+8=", "target": "15", "reversed": True}]
-    generated = ["357", "10", "579", "3", "51"]  # the reversed row's "51" reads back as 15
-    monkeypatch.setattr(module, "greedy_answers", lambda model, tokenizer, prompts, *args: generated[: len(prompts)])
+            {"prompt": "7+8=", "target": "15", "reversed": True},
+            {"prompt": "9+9+9=", "target": "27", "reversed": True, "scratchpad": "81+9="}]
+    # the reversed row's "51" reads back as 15; the scratchpad row's answer is what follows its last "="
+    generated = ["357", "10", "579", "3", "51", "81+9=72"]
+    budgets = []
+
+    def greedy_answers(model, tokenizer, prompts, batch_size, max_new_tokens, progress):
+        budgets.append(max_new_tokens)
+        return generated[: len(prompts)]
+
+    monkeypatch.setattr(module, "greedy_answers", greedy_answers)
     result = module.exact_match(None, make_tokenizer("arithmetic"), rows, progress=False)
-    assert result["exact_match"] == 4 / 5
+    assert budgets == [len("81+9=27") + 1]  # room for the longest steps and answer, and eos
+    assert result["exact_match"] == 5 / 6
     assert result["by_digits"] == {"1": 1.0, "2": 1.0, "3": 2 / 3}
-    assert result["by_layout"] == {"d+d=": {"exact_match": 1.0, "n": 2}, "dd+d=": {"exact_match": 0.0, "n": 1},
-                                   "dd+ddd=": {"exact_match": 1.0, "n": 1}, "ddd+ddd=": {"exact_match": 1.0, "n": 1}}
+    assert result["by_layout"] == {"d+d=": {"exact_match": 1.0, "n": 2}, "d+d+d=": {"exact_match": 1.0, "n": 1},
+                                   "dd+d=": {"exact_match": 0.0, "n": 1}, "dd+ddd=": {"exact_match": 1.0, "n": 1},
+                                   "ddd+ddd=": {"exact_match": 1.0, "n": 1}}

@@ -13,6 +13,11 @@ With `reverse`, the text the model learns writes the answer's digits least signi
 front): `"<bos>554+456=0101<eos>"`, which makes carrying learnable by small models (Lee et al., 2023, "Teaching
 Arithmetic to Small Transformers"). Such rows carry `"reversed": true`; their target stays the answer as written
 normally, and exact match reverses a prediction back before comparing.
+
+With `scratchpad` (for N >= 3) the model writes each running total, with the rest of the expression, before the
+answer: `"<bos>123+456+789=579+789=1368<eos>"` (reversed: `"...=975+789=8631"`), Lee et al.'s simplified scratchpad.
+Each step is then a 2-operand operation; the row's `"scratchpad"` holds the steps (`"579+789="`), and exact match
+reads the answer after the last "=".
 """
 
 import inspect
@@ -45,9 +50,9 @@ def parse_ops(ops: list[str] | str) -> str:
     return "".join(op for op in OPERATORS if op in chosen)
 
 
-def evaluate(operands: list[int], operators: str) -> int | None:
-    """Left-to-right running total; None where a division is not exact (or by zero)."""
-    total = operands[0]
+def running_totals(operands: list[int], operators: str) -> list[int] | None:
+    """The total after each operator, left to right; None where a division is not exact (or by zero)."""
+    total, totals = operands[0], []
     for operator, operand in zip(operators, operands[1:]):
         if operator == "+":
             total += operand
@@ -59,7 +64,14 @@ def evaluate(operands: list[int], operators: str) -> int | None:
             return None
         else:
             total //= operand
-    return total
+        totals.append(total)
+    return totals
+
+
+def evaluate(operands: list[int], operators: str) -> int | None:
+    """Left-to-right running total; None where a division is not exact (or by zero)."""
+    totals = running_totals(operands, operators)
+    return None if totals is None else totals[-1]
 
 
 def reverse_digits(answer: str) -> str:
@@ -82,14 +94,17 @@ def layout_weights(prompts: list[str], balance: float) -> torch.Tensor:
 
 
 def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999, ops: str = "+",
-             seed: int = 0, reverse: bool = False, division: str = "reject") -> list[dict]:
-    """`n_samples` unique examples; a ValueError before any work when the range cannot hold that many."""
+             seed: int = 0, reverse: bool = False, division: str = "reject", scratchpad: bool = False) -> list[dict]:
+    """`n_samples` unique examples; a UsageError before any work when the range cannot hold that many."""
     if division not in DIVISION_RULES:
         raise UsageError(f"division={division!r} is not a rule: use one of {', '.join(DIVISION_RULES)}.")
     if n_operands < 2:
         raise UsageError(f"--N (operands per expression) must be at least 2, got {n_operands}.")
     if low < 0 or high < low:
         raise UsageError(f"Operands are written without a sign: need 0 <= --A <= --B, got A={low}, B={high}.")
+    if scratchpad and n_operands < 3:
+        raise UsageError(f"scratchpad writes the running totals of 3 or more operands: it needs N >= 3, got "
+                         f"{n_operands}.")
     ops = parse_ops(ops)
     if division == "construct" and ("/" not in ops or high < 1):
         raise UsageError(f"division='construct' draws a divisor from [max(A, 1), B]: it needs '/' among the "
@@ -100,6 +115,10 @@ def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999,
             f"Cannot draw {n_samples:,} unique expressions: {n_operands} operands in [{low}, {high}] with "
             f"operators {ops!r} allow at most {possible:,}. Widen the range, add operands or ask for fewer samples."
         )
+
+    def write(number: int) -> str:
+        return reverse_digits(str(number)) if reverse else str(number)
+
     rng = random.Random(seed)
     seen, examples = set(), []
     attempts, max_attempts = 0, 50 * n_samples + 1000
@@ -119,14 +138,22 @@ def generate(n_samples: int, n_operands: int = 2, low: int = 0, high: int = 999,
         prompt = "".join(f"{a}{op}" for a, op in zip(operands, operators)) + f"{operands[-1]}="
         if prompt in seen:
             continue
-        result = evaluate(operands, operators)
-        if result is None:
+        totals = running_totals(operands, operators)
+        if totals is None:
             continue
         seen.add(prompt)
-        written = reverse_digits(str(result)) if reverse else str(result)
-        examples.append({"prompt": prompt, "target": str(result), "text": f"<bos>{prompt}{written}<eos>"}
-                        | ({"reversed": True} if reverse else {}))
+        steps = worked_steps(operands, operators, totals, write) if scratchpad else ""
+        examples.append({"prompt": prompt, "target": str(totals[-1]),
+                         "text": f"<bos>{prompt}{steps}{write(totals[-1])}<eos>"}
+                        | ({"reversed": True} if reverse else {}) | ({"scratchpad": steps} if scratchpad else {}))
     return examples
+
+
+def worked_steps(operands: list[int], operators: str, totals: list[int], write) -> str:
+    """The scratchpad: after each operator but the last, the running total (as `write` writes it) and the rest of the
+    expression, each step ending in "=": "579+789=" for 123+456+789."""
+    return "".join(write(total) + "".join(f"{op}{a}" for op, a in zip(operators[i + 1 :], operands[i + 2 :])) + "="
+                   for i, total in enumerate(totals[:-1]))
 
 
 def split(examples: list[dict]) -> dict[str, list[dict]]:
@@ -177,8 +204,8 @@ def ensure_splits(out_dir: str | os.PathLike, **generate_kwargs) -> None:
         return
     wanted = generation_settings(**generate_kwargs)
     # A folder written before a setting was recorded was made the seed's way: answers in the usual order, exact
-    # division by rejection.
-    seeds_way = {"reverse": False, "division": "reject"}
+    # division by rejection, no scratchpad.
+    seeds_way = {"reverse": False, "division": "reject", "scratchpad": False}
     settings_file = out_dir / SETTINGS_FILE
     recorded = {**seeds_way, **json.loads(settings_file.read_text())} if settings_file.is_file() \
         else {**wanted, **seeds_way}

@@ -103,7 +103,7 @@ def _prompt_target_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, separa
     for sequence in ids:
         if separator_id not in sequence:
             raise ValueError(f"An example has no answer separator (id {separator_id}): {tokenizer.decode(sequence)!r}")
-        answer_start = len(sequence) - sequence[::-1].index(separator_id)
+        answer_start = sequence.index(separator_id) + 1
         labels.append([-100] * answer_start + sequence[answer_start:])
     return {"input_ids": ids, "labels": labels}
 
@@ -111,8 +111,8 @@ def _prompt_target_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, separa
 def tokenize_prompt_target(
     dataset: Dataset, tokenizer: PreTrainedTokenizerBase, separator: str = "=", num_proc: int | None = None
 ) -> Dataset:
-    """One example per row of `text` (e.g. "<bos>554+456=1010<eos>"): loss only on the tokens after the last
-    `separator` — the answer and eos."""
+    """One example per row of `text` (e.g. "<bos>554+456=1010<eos>"): loss only on the tokens after the first
+    `separator` — a scratchpad's steps where there are any ("579+789="), the answer and eos."""
     require_text(dataset)
     separator_id = tokenizer.convert_tokens_to_ids(separator)
     if separator_id is None or separator_id == tokenizer.unk_token_id:

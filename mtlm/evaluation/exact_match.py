@@ -17,9 +17,17 @@ def answer_digits(target: str) -> int:
 
 def read_answer(row: dict, generated: str) -> str:
     """The answer a row's generated text gives, in the usual digit order (rows with "reversed" were learned with
-    their digits reversed)."""
+    their digits reversed; rows with a "scratchpad" write steps first, each ending in "=")."""
     answer = generated.strip()
+    if row.get("scratchpad"):
+        answer = answer.rsplit("=", 1)[-1]
     return reverse_digits(answer) if row.get("reversed") else answer
+
+
+def continuation(row: dict) -> str:
+    """What a model writes after a row's prompt (as long as what it learned): its scratchpad's steps, then the
+    answer."""
+    return (row.get("scratchpad") or "") + row["target"]
 
 
 @torch.no_grad()
@@ -48,7 +56,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], batch_size: int = 64, m
 def exact_match(model, tokenizer, examples: list[dict], batch_size: int = 64, progress: bool = True) -> dict:
     """{"exact_match", "by_digits": {digits: accuracy}, "by_layout": {layout: {"exact_match", "n"}}, "n", "samples"}
     for rows with "prompt" and "target"."""
-    longest = max(len(tokenizer(row["target"], add_special_tokens=False)["input_ids"]) for row in examples)
+    longest = max(len(tokenizer(continuation(row), add_special_tokens=False)["input_ids"]) for row in examples)
     answers = greedy_answers(model, tokenizer, [row["prompt"] for row in examples], batch_size, longest + 1, progress)
     hits, by_digits, by_layout = 0, defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
     predictions = [read_answer(row, answer) for row, answer in zip(examples, answers)]

@@ -26,7 +26,7 @@ def load_texts(data: dict) -> DatasetDict:
         folder, n_samples=settings.get("n_samples", 70000), n_operands=settings.get("N", 2),
         low=settings.get("A", 0), high=settings.get("B", 999), ops=settings.get("ops", "+"),
         seed=settings.get("seed", 0), reverse=settings.get("reverse", False),
-        division=settings.get("division", "reject"),
+        division=settings.get("division", "reject"), scratchpad=settings.get("scratchpad", False),
     )
     return arithmetic.load_splits(folder)
 

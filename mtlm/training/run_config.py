@@ -33,7 +33,7 @@ DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "s
              "random_position_offsets": bool, "balance_layouts": int | float}
 DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
 ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
-                   "seed": int, "reverse": bool, "division": str}
+                   "seed": int, "reverse": bool, "division": str, "scratchpad": bool}
 FLAX_KEYS = {"data_parallel": int | None, "fsdp": int}  # the device mesh of --backend flax
 # transformers' EarlyStoppingCallback: stop after `patience` evaluations without an improvement above `threshold`.
 EARLY_STOPPING_KEYS = {"patience": int, "threshold": float}
@@ -41,8 +41,8 @@ EARLY_STOPPING_KEYS = {"patience": int, "threshold": float}
 MINIMUM = {"training.per_device_train_batch_size": 1, "training.per_device_eval_batch_size": 1,
            "training.gradient_accumulation_steps": 1, "training.logging_steps": 0, "training.save_steps": 0,
            "training.learning_rate": 0, "training.num_train_epochs": 0, "data.block_size": 2, "data.num_proc": 1,
-           "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1, "tokenizer.vocab_size": 1, "tokenizer.max_vocab": 5,
-           "tokenizer.max_chunk_bytes": 2,
+           "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1,
+           "tokenizer.vocab_size": 1, "tokenizer.max_vocab": 5, "tokenizer.max_chunk_bytes": 2,
            "flax.data_parallel": 1, "flax.fsdp": 1, "early_stopping.patience": 1, "early_stopping.threshold": 0}
 SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping", "growth")
 GROWTH_KEYS = {"stages": list}  # growth.schedule.growth_stages checks each stage

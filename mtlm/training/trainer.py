@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..data.arithmetic import layout_weights
 from ..data.processing import RandomPositionOffsets, check_block_size, collator
 from ..errors import UsageError
-from ..evaluation.exact_match import exact_match, greedy_answers, read_answer
+from ..evaluation.exact_match import continuation, exact_match, greedy_answers, read_answer
 from ..files import staged, staging_path
 from ..growth.schedule import GrowthSchedule, check_first_stage, growth_stages
 from . import run_config
@@ -157,9 +157,12 @@ class EvaluationExtras(TrainerCallback):
             return sample(model, self.tokenizer, "\n" if self.sample_prompt is None else self.sample_prompt,
                           max_new_tokens)
         rows = self.validation_rows[:4] if self.sample_prompt is None else [
-            {"prompt": self.sample_prompt, "target": None, "reversed": self.validation_rows[0].get("reversed")}]
-        answers = greedy_answers(model, self.tokenizer, [row["prompt"] for row in rows], max_new_tokens=16,
-                                 progress=False)
+            {"prompt": self.sample_prompt, "target": None, **{key: self.validation_rows[0][key]
+                                                              for key in ("reversed", "scratchpad")
+                                                              if key in self.validation_rows[0]}}]
+        longest = max(len(continuation(row)) for row in self.validation_rows[:4])
+        answers = greedy_answers(model, self.tokenizer, [row["prompt"] for row in rows],
+                                 max_new_tokens=max(16, longest + 1), progress=False)
         return "\n".join(row["prompt"] + read_answer(row, answer)
                          + ("" if row["target"] is None else f"   (target {row['target']})")
                          for row, answer in zip(rows, answers))
