@@ -206,6 +206,19 @@ def test_arithmetic_runs_report_exact_match_end_on_validation_answers_and_eval_s
     assert "exact match" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", sorted(name for name in run_config.bundled_configs() if name.startswith("arithmetic-")))
+def test_every_arithmetic_config_trains_scores_and_ends_with_a_sample_of_validation_answers(name, tmp_path, capsys):
+    mtlm_main(["train", name, *(arg for value in (
+        f"training.output_dir={tmp_path / 'run'}", f"data.arithmetic.out_dir={tmp_path / 'data'}",
+        "data.arithmetic.n_samples=400", "training.max_steps=4", "training.eval_steps=2", "training.save_steps=4",
+        "training.disable_tqdm=true") for arg in ("--set", value))])
+    printed = capsys.readouterr().out.split("A sample:")[-1]
+    validation = [json.loads(line) for line in (tmp_path / "data" / "val.jsonl").read_text().splitlines()]
+    assert all(f"(target {row['target']})" in printed for row in validation[:4])
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_exact_match" in entry][:2] == [2, 4]
+
+
 def test_random_position_offsets_reach_training_batches_and_not_evaluation(tmp_path):
     from datasets import Dataset
     from transformers import TrainingArguments
