@@ -206,7 +206,8 @@ def test_arithmetic_runs_report_exact_match_end_on_validation_answers_and_eval_s
     assert "exact match" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(name for name in run_config.bundled_configs() if name.startswith("arithmetic-")))
+@pytest.mark.parametrize("name", sorted(name for name in run_config.bundled_configs()
+                                         if name.startswith("arithmetic-")))
 def test_every_arithmetic_config_trains_scores_and_ends_with_a_sample_of_validation_answers(name, tmp_path, capsys):
     mtlm_main(["train", name, *(arg for value in (
         f"training.output_dir={tmp_path / 'run'}", f"data.arithmetic.out_dir={tmp_path / 'data'}",
