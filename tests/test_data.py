@@ -240,16 +240,16 @@ def test_block_size_beyond_the_model_context_is_refused():
 
 
 def test_arithmetic_is_evaluated_left_to_right_with_exact_division_only():
-    assert arithmetic.evaluate([2, 3, 4], "+*") == 20
-    assert arithmetic.evaluate([3, 5], "-") == -2
-    assert arithmetic.evaluate([12, 4], "/") == 3
-    assert arithmetic.evaluate([7, 2], "/") is None
-    assert arithmetic.evaluate([7, 0], "/") is None
+    assert arithmetic.running_totals([2, 3, 4], "+*")[-1] == 20
+    assert arithmetic.running_totals([3, 5], "-")[-1] == -2
+    assert arithmetic.running_totals([12, 4], "/")[-1] == 3
+    assert arithmetic.running_totals([7, 2], "/") is None
+    assert arithmetic.running_totals([7, 0], "/") is None
     for example in arithmetic.generate(300, n_operands=3, ops="+-*/", seed=5):
         operands = [int(x) for x in example["prompt"][:-1].replace("+", " ").replace("-", " ").replace("*", " ")
                     .replace("/", " ").split()]
         operators = "".join(c for c in example["prompt"] if c in "+-*/")
-        assert int(example["target"]) == arithmetic.evaluate(operands, operators)
+        assert int(example["target"]) == arithmetic.running_totals(operands, operators)[-1]
         assert example["text"] == f"<bos>{example['prompt']}{example['target']}<eos>"
 
 
@@ -321,7 +321,8 @@ def test_constructed_division_is_exact_and_spans_the_range_rejection_cannot_fill
     mixed = arithmetic.generate(300, n_operands=3, high=99, ops="+/", division="construct", seed=2)
     for row in mixed:  # a leading division is constructed, a later one still kept only where exact
         numbers = [int(x) for x in row["prompt"][:-1].replace("+", " ").replace("/", " ").split()]
-        assert int(row["target"]) == arithmetic.evaluate(numbers, "".join(c for c in row["prompt"] if c in "+/"))
+        operators = "".join(c for c in row["prompt"] if c in "+/")
+        assert int(row["target"]) == arithmetic.running_totals(numbers, operators)[-1]
     with pytest.raises(UsageError, match="needs '/' among the operators"):
         arithmetic.generate(10, ops="+", division="construct")
     with pytest.raises(UsageError, match="division='round' is not a rule"):

@@ -68,12 +68,6 @@ def running_totals(operands: list[int], operators: str) -> list[int] | None:
     return totals
 
 
-def evaluate(operands: list[int], operators: str) -> int | None:
-    """Left-to-right running total; None where a division is not exact (or by zero)."""
-    totals = running_totals(operands, operators)
-    return None if totals is None else totals[-1]
-
-
 def reverse_digits(answer: str) -> str:
     """"-123" <-> "-321": the digits in the other order, a sign kept in front (its own inverse)."""
     sign = "-" if answer.startswith("-") else ""
