@@ -158,10 +158,15 @@ def test_logs_carry_cumulative_flops_and_a_loss_plot_is_written(tmp_path):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
 
 
-def test_a_non_finite_loss_stops_training_and_names_the_step(tmp_path):
-    run = tiny_run(tmp_path, training={"max_steps": 200, "learning_rate": 1e12, "max_grad_norm": 0, "warmup_steps": 0,
-                                       "save_strategy": "steps", "save_steps": 1, "save_total_limit": 1})
-    with pytest.raises(SystemExit, match=r"became (nan|inf) at step \d+\. Training stopped\. The last good checkpoint is"):
+@pytest.mark.parametrize("saving, kept", [
+    ({"save_strategy": "steps", "save_steps": 1, "save_total_limit": 1}, "The last good checkpoint is"),
+    # Nothing is logged or saved before step 40: the loss is read back there, and names the first bad step.
+    ({"save_strategy": "no", "logging_steps": 1000}, "No checkpoint was saved before it"),
+])
+def test_a_non_finite_loss_stops_training_and_names_the_step(tmp_path, saving, kept):
+    run = tiny_run(tmp_path, training={"max_steps": 40, "learning_rate": 1e12, "max_grad_norm": 0, "warmup_steps": 0,
+                                       **saving})
+    with pytest.raises(SystemExit, match=rf"became (nan|inf) at step ([2-9]|[1-3]\d)\. Training stopped\. {kept}"):
         mtlm_main(["train", str(write_config(tmp_path, run))])
     assert not (tmp_path / "run" / "model.safetensors").exists()
 

@@ -309,7 +309,7 @@ class MtlmByteModel(MtlmBytePreTrainedModel):
         if input_ids is None:
             raise ValueError("mtlm_byte reads byte ids: pass input_ids (inputs_embeds has no meaning here, as the "
                              "model embeds each chunk itself).")
-        check_token_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, self.training)
         cache = pick_cache(cache, past_key_values)
         if cache is not None:
             hidden_states = torch.stack([self.step(input_ids[:, index], cache)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .configuration_mtlm_gpt import MtlmGPTConfig
-from .mtlm_blocks import MtlmDecoderLayer, MtlmForCausalLM, MtlmMLP, MtlmModel, make_norm
+from .mtlm_blocks import MtlmDecoderLayer, MtlmForCausalLM, MtlmMLP, MtlmModel, host_check_is_free, make_norm
 
 
 class MtlmGPTModel(MtlmModel):
@@ -29,7 +29,7 @@ class MtlmGPTModel(MtlmModel):
     def apply_positions(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor):
         """Adds the learned embedding of each position; there is none past `max_position_embeddings`."""
         limit = self.config.max_position_embeddings
-        if not torch.compiler.is_compiling() and position_ids.max() >= limit:
+        if host_check_is_free(position_ids, self.training) and position_ids.max() >= limit:
             raise ValueError(
                 f"The input reaches position {int(position_ids.max())}, but this model's learned position "
                 f"embeddings cover only max_position_embeddings={limit} positions: truncate the input (and cache) "

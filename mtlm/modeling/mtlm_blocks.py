@@ -150,6 +150,19 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
+def fused_linear(inputs: torch.Tensor, *linears: nn.Module) -> tuple[torch.Tensor, ...]:
+    """`inputs` (..., in) through each of `linears` (same input width): one matmul over their stacked weights, split
+    back into each one's (..., out_i). A few wide matmuls run faster than many narrow ones, and the checkpoint keeps
+    one matrix per projection. A layer that is not a plain nn.Linear (a PEFT adapter, a quantized layer) runs on its
+    own, so that what wraps it still applies."""
+    biases = [linear.bias for linear in linears]
+    if not all(type(linear) is nn.Linear for linear in linears) or len({bias is None for bias in biases}) > 1:
+        return tuple(linear(inputs) for linear in linears)
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = None if biases[0] is None else torch.cat(biases)
+    return nn.functional.linear(inputs, weight, bias).split([linear.out_features for linear in linears], dim=-1)
+
+
 def residual_projection(linear: nn.Linear) -> nn.Linear:
     """Mark a projection whose output is added to the residual stream: with `scale_residual_init` it starts with
     std initializer_range / sqrt(2L)."""
@@ -196,9 +209,10 @@ class MtlmAttention(nn.Module):
         receives this layer's keys and values and returns all of them so far."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states, key_states, value_states = (
+            states.reshape(hidden_shape).transpose(1, 2)
+            for states in fused_linear(hidden_states, self.q_proj, self.k_proj, self.v_proj)
+        )
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -236,7 +250,8 @@ class MtlmGatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden) -> (..., hidden)."""
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = fused_linear(x, self.gate_proj, self.up_proj)
+        return self.down_proj(self.act_fn(gate) * up)
 
     @staticmethod
     def flops_per_token(config) -> int:
@@ -313,9 +328,16 @@ class MtlmDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + residual_dropout(mlp_output, self.hidden_dropout, self.training)
 
 
-def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+def host_check_is_free(tensor: torch.Tensor, training: bool) -> bool:
+    """Whether an input check that reads `tensor` back on the host costs nothing: always on the CPU; on an accelerator
+    the read stalls the device, which matters per training step (the Trainer's batches come from the run's own
+    tokenizer, so its ids are in range) but not in generation or evaluation, which read back every step anyway."""
+    return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not training)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, training: bool = False) -> None:
     """An out-of-range id would otherwise fail deep inside nn.Embedding (or assert on the GPU)."""
-    if torch.compiler.is_compiling():
+    if not host_check_is_free(input_ids, training):
         return
     lowest, highest = torch.aminmax(input_ids)
     if lowest < 0 or highest >= vocab_size:
@@ -449,17 +471,21 @@ class MtlmModel(MtlmPreTrainedModel):
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
-            check_token_ids(input_ids, self.config.vocab_size)
+            check_token_ids(input_ids, self.config.vocab_size, self.training)
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None and not self.training:  # a cache only serves decoding
             cache = DynamicCache(config=self.config)
+        # Positions given by the caller may pack several sequences in a row, which the mask then separates (reading
+        # them back on the host); the default positions cannot.
+        packed_positions = position_ids
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
         # The cache goes by position: its keyword is the one transformers renamed.
-        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache,
+                                         position_ids=packed_positions)
         hidden_states, position_embeddings = self.apply_positions(inputs_embeds, position_ids)
         hidden_states = residual_dropout(hidden_states, self.config.hidden_dropout, self.training)
         for decoder_layer in self.layers:
@@ -557,7 +583,7 @@ class MtlmFixedContextForCausalLM(SelfContainedCheckpoint, PreTrainedModel, Gene
         loss is taken, shifted inside. Returns logits (batch, kept, vocab) and the mean next-token loss."""
         if input_ids is None:
             raise ValueError(f"{type(self).__name__} reads token ids: pass input_ids.")
-        check_token_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, self.training)
         keep = attention_mask.unsqueeze(-1).to(torch.float32) if attention_mask is not None else \
             torch.ones(*input_ids.shape, 1, device=input_ids.device)
         logits = self.window_logits(input_ids, keep)

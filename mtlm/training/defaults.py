@@ -16,4 +16,5 @@ TRAINING_DEFAULTS = dict(
     use_cpu=not torch.accelerator.is_available(),
     bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     include_num_input_tokens_seen="non_padding",  # the model card's token count
+    logging_nan_inf_filter=False,  # it reads every step's loss back on the host; a non-finite loss stops the run
 )

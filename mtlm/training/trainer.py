@@ -45,6 +45,8 @@ class MtlmTrainer(Trainer):
     cumulative training FLOPs, perplexity beside every evaluation loss, and MoE's auxiliary loss on its own."""
 
     _staging_run_dir: Path | None = None  # while a checkpoint is written: the folder that stands for the run folder
+    _first_non_finite: torch.Tensor | None = None  # (step, loss) of the first non-finite loss; step -1 while none
+    _tokens_not_counted: torch.Tensor | None = None  # non-padding tokens seen since the state's count was updated
 
     def __init__(self, *args, train_collator=None, train_sample_weights: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -77,11 +79,48 @@ class MtlmTrainer(Trainer):
             self._aux_losses = getattr(self, "_aux_losses", []) + [aux_loss.detach()]
         return (loss, outputs) if return_outputs else loss
 
+    # Reading a value back on the host stalls an accelerator, so nothing is read per step: the first non-finite loss
+    # (its step and value) and the count of tokens seen stay on the device, and are read where the Trainer reads
+    # anyway, before it logs, saves or evaluates.
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"The training loss became {loss.item()} at step {self.state.global_step + 1}.")
+        if self._first_non_finite is None:
+            self._first_non_finite = torch.tensor([-1.0, 0.0], device=loss.device)
+        step_and_loss = torch.stack([torch.tensor(self.state.global_step + 1.0, device=loss.device),
+                                     loss.detach().float()])
+        first = ~torch.isfinite(loss.detach()) & (self._first_non_finite[0] < 0)
+        self._first_non_finite = torch.where(first, step_and_loss, self._first_non_finite)
         return loss
+
+    def _track_num_input_tokens(self, inputs):
+        counted = self.args.include_num_input_tokens_seen
+        pad_token_id = getattr(self.processing_class, "pad_token_id", None)
+        if counted == "no":
+            return
+        if counted == "non_padding" and "attention_mask" in inputs:
+            count = inputs["attention_mask"].sum()
+        elif counted == "non_padding" and pad_token_id is not None:
+            count = (inputs["input_ids"] != pad_token_id).sum()
+        else:
+            count = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+        self._tokens_not_counted = count if self._tokens_not_counted is None else self._tokens_not_counted + count
+
+    def read_device_counters(self) -> None:
+        """Stop at a non-finite loss; add the tokens counted on the device to the state."""
+        if self._first_non_finite is not None:
+            step, loss = self._first_non_finite.tolist()
+            if step >= 0:
+                raise NonFiniteLossError(f"The training loss became {loss} at step {int(step)}.")
+        if self._tokens_not_counted is not None:
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(self._tokens_not_counted).sum())
+            self._tokens_not_counted = None
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        control = self.control
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
+            self.read_device_counters()
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         # transformers writes checkpoint-N in place; here it writes it into a staging folder instead (by the run folder
@@ -323,6 +362,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             trainer.add_callback(GrowthSchedule(stages, lambda grown: set(trainer.get_decay_parameter_names(grown))))
         try:
             trainer.train(resume_from_checkpoint=resume_from)
+            trainer.read_device_counters()
         except NonFiniteLossError as error:
             last = get_last_checkpoint(str(output_dir))
             kept = f"The last good checkpoint is {last} (continue with --resume after lowering the learning rate)." \
