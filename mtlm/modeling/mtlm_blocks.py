@@ -150,19 +150,6 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
-def fused_linear(inputs: torch.Tensor, *linears: nn.Module) -> tuple[torch.Tensor, ...]:
-    """`inputs` (..., in) through each of `linears` (same input width): one matmul over their stacked weights, split
-    back into each one's (..., out_i). A few wide matmuls run faster than many narrow ones, and the checkpoint keeps
-    one matrix per projection. A layer that is not a plain nn.Linear (a PEFT adapter, a quantized layer) runs on its
-    own, so that what wraps it still applies."""
-    biases = [linear.bias for linear in linears]
-    if not all(type(linear) is nn.Linear for linear in linears) or len({bias is None for bias in biases}) > 1:
-        return tuple(linear(inputs) for linear in linears)
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = None if biases[0] is None else torch.cat(biases)
-    return nn.functional.linear(inputs, weight, bias).split([linear.out_features for linear in linears], dim=-1)
-
-
 def residual_projection(linear: nn.Linear) -> nn.Linear:
     """Mark a projection whose output is added to the residual stream: with `scale_residual_init` it starts with
     std initializer_range / sqrt(2L)."""
@@ -209,10 +196,9 @@ class MtlmAttention(nn.Module):
         receives this layer's keys and values and returns all of them so far."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query_states, key_states, value_states = (
-            states.reshape(hidden_shape).transpose(1, 2)
-            for states in fused_linear(hidden_states, self.q_proj, self.k_proj, self.v_proj)
-        )
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
@@ -250,8 +236,7 @@ class MtlmGatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden) -> (..., hidden)."""
-        gate, up = fused_linear(x, self.gate_proj, self.up_proj)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
     @staticmethod
     def flops_per_token(config) -> int:
