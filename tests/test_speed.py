@@ -1,6 +1,7 @@
 """Every speed optimisation computes what the plain path computes: same logits (1e-5) and same gradients."""
 
 import pytest
+import torch
 
 from conftest import random_ids, tiny_model
 
@@ -14,3 +15,18 @@ def test_a_training_step_on_an_accelerator_never_reads_a_tensor_back(family):
     model(ids, labels=ids).loss.backward()
     with pytest.raises((NotImplementedError, RuntimeError)):
         model.eval()(ids)  # where checks are free they still run
+
+
+def test_compiled_models_compute_the_eager_logits_and_gradients_in_one_graph(family):
+    torch._dynamo.reset()
+    model = tiny_model(family).train()
+    ids = random_ids(2, 16)
+    eager = model(ids, labels=ids)
+    eager.loss.backward()
+    eager_gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, fullgraph=True)(ids, labels=ids)  # a graph break would raise
+    compiled.loss.backward()
+    torch.testing.assert_close(compiled.logits, eager.logits, rtol=0, atol=1e-5)
+    for name, gradient in eager_gradients.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, gradient, rtol=1e-4, atol=1e-6, msg=name)

@@ -408,3 +408,14 @@ def test_the_best_checkpoint_is_named_by_its_place_in_the_run_folder_and_survive
     assert kept == ["checkpoint-2", "checkpoint-8"]
     saved = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
     assert saved["best_model_checkpoint"] == str(best)
+
+
+def test_a_run_with_torch_compile_trains_the_same_model_and_saves_plain_weights(tmp_path):
+    eager = train(run_config.validate(tiny_run(tmp_path / "eager", training={"max_steps": 8})))
+    compiled = train(run_config.validate(tiny_run(tmp_path / "compiled", training={"max_steps": 8,
+                                                                                   "torch_compile": True})))
+    losses = [[entry["loss"] for entry in trainer.state.log_history if "loss" in entry] for trainer in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compiled" / "run")
+    for name, parameter in eager.model.named_parameters():
+        torch.testing.assert_close(reloaded.get_parameter(name), parameter, rtol=0, atol=1e-4)
