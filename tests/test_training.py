@@ -1,5 +1,6 @@
 """Run configs and `mtlm train` / `mtlm generate` end to end on tiny models."""
 
+import copy
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeli
 
 from mtlm.cli import CommandError
 from mtlm.cli import main as mtlm_main
+from mtlm.errors import UsageError
 from mtlm.training import run_config
 from mtlm.training.trainer import MtlmTrainer, train
 
@@ -100,8 +102,10 @@ def test_train_writes_a_checkpoint_folder_that_generates(tmp_path, capsys):
 
 def test_training_lowers_the_loss(tmp_path):
     trainer = train(run_config.validate(tiny_run(tmp_path, training={"max_steps": 40})))
+    assert all("momentum_buffer" in optimizer.muon.state[p] for group in optimizer.muon.param_groups
+               for p in group["params"])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert losses[-1] < losses[0] - 0.5
+    assert losses[-1] < losses[0] - 0.3
 
 
 def test_an_output_folder_holding_a_run_is_refused(tmp_path):
@@ -419,3 +423,37 @@ def test_a_run_with_torch_compile_trains_the_same_model_and_saves_plain_weights(
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compiled" / "run")
     for name, parameter in eager.model.named_parameters():
         torch.testing.assert_close(reloaded.get_parameter(name), parameter, rtol=0, atol=1e-4)
+
+
+def test_muon_trains_the_hidden_matrices_and_adamw_the_rest_and_resumes_exactly(tmp_path):
+    run = tiny_run(tmp_path, optimizer={"name": "muon"}, training={
+        "max_steps": 12, "save_strategy": "steps", "save_steps": 6, "logging_steps": 1})
+    trainer = train(run_config.validate(copy.deepcopy(run)))
+    optimizer = trainer.optimizer.optimizer  # accelerate's wrapper holds ours
+    muon = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
+    for name, parameter in trainer.model.named_parameters():
+        expected = ".layers." in name and name.endswith("_proj.weight")
+        assert (id(parameter) in muon) == expected, name
+    # the schedule reached both optimizers: cosine down to 0.1 x 3e-3 at the last step
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([3e-4] * len(optimizer.param_groups))
+    assert all("momentum_buffer" in optimizer.muon.state[p] for group in optimizer.muon.param_groups
+               for p in group["params"])
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0] - 0.3
+
+    shutil.rmtree(tmp_path / "run" / "checkpoint-12")
+    resumed = train(run_config.validate(copy.deepcopy(run)), resume=True)
+    resumed_losses = [entry["loss"] for entry in resumed.state.log_history if "loss" in entry]
+    assert resumed_losses == pytest.approx(losses, abs=1e-5)
+
+
+@pytest.mark.parametrize("optimizer, growth, message", [
+    ({"name": "lion"}, None, "optimizer.name = 'lion'; choose one of adamw, muon"),
+    ({"name": "muon"}, [{"at_step": 10, "num_layers": 4}], "growth inside a run copies AdamW's moment"),
+])
+def test_bad_optimizer_sections_are_refused_when_the_config_is_read(tmp_path, optimizer, growth, message):
+    run = tiny_run(tmp_path, optimizer=optimizer)
+    if growth:
+        run["growth"] = growth
+    with pytest.raises(UsageError, match=re.escape(message)):
+        run_config.validate(run)

@@ -245,6 +245,9 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     if run.get("early_stopping"):
         raise UsageError("--backend flax has no early stopping: drop the early_stopping section, or train with the "
                          "PyTorch backend.")
+    if run.get("optimizer", {}).get("name", "adamw") != "adamw":
+        raise UsageError(f"--backend flax trains with AdamW (optax): drop optimizer.name: "
+                         f"{run['optimizer']['name']}, or train with the PyTorch backend.")
     if not training.get("max_steps") or training["max_steps"] < 1:
         raise UsageError("--backend flax needs training.max_steps.")
     if training.get("gradient_accumulation_steps", 1) != 1:

@@ -1,5 +1,5 @@
 """Run configs: YAML with the sections `model`, `tokenizer`, `data` and `training` (the last holds
-`TrainingArguments` fields verbatim). Unknown keys are errors that name the key and the closest valid ones."""
+`TrainingArguments` fields verbatim), and optionally `flax`, `early_stopping`, `growth` and `optimizer`. Unknown keys are errors that name the key and the closest valid ones."""
 
 import copy
 import dataclasses
@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..families import FAMILIES
 from ..files import atomic_file, read_checkpoint_config
 from ..growth.schedule import growth_stages
+from .optimizers import OPTIMIZERS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
 DEFAULT_CONFIG = "shakespeare-char"
@@ -43,8 +44,12 @@ MINIMUM = {"training.per_device_train_batch_size": 1, "training.per_device_eval_
            "training.learning_rate": 0, "training.num_train_epochs": 0, "data.block_size": 2, "data.num_proc": 1,
            "data.arithmetic.n_samples": 1, "data.arithmetic.N": 1,
            "tokenizer.vocab_size": 1, "tokenizer.max_vocab": 5, "tokenizer.max_chunk_bytes": 2,
-           "flax.data_parallel": 1, "flax.fsdp": 1, "early_stopping.patience": 1, "early_stopping.threshold": 0}
-SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping", "growth")
+           "flax.data_parallel": 1, "flax.fsdp": 1, "early_stopping.patience": 1, "early_stopping.threshold": 0,
+           "optimizer.muon_learning_rate": 0, "optimizer.momentum": 0}
+# The optimizer where it is not AdamW: `muon` trains the hidden matrices with Muon and the rest with AdamW, at the
+# training section's learning rate and schedule unless `muon_learning_rate` gives Muon its own peak.
+OPTIMIZER_KEYS = {"name": str, "muon_learning_rate": float, "momentum": float}
+SECTIONS = ("model", "tokenizer", "data", "training", "flax", "early_stopping", "growth", "optimizer")
 GROWTH_KEYS = {"stages": list}  # growth.schedule.growth_stages checks each stage
 
 
@@ -198,6 +203,7 @@ def validate(run: dict) -> dict:
                ("data", run["data"], DATA_KEYS), ("flax", run["flax"], FLAX_KEYS),
                ("early_stopping", run["early_stopping"], EARLY_STOPPING_KEYS), ("growth", run["growth"], GROWTH_KEYS),
                ("data.arithmetic", run["data"].get("arithmetic") or {}, ARITHMETIC_KEYS),
+               ("optimizer", run["optimizer"], OPTIMIZER_KEYS),
                ("training", run["training"], field_types(TrainingArguments))]
     for where, section, schema in schemas:
         for key, value in section.items():
@@ -234,6 +240,12 @@ def validate(run: dict) -> dict:
         if run["training"].get("eval_strategy", "no") == "no" or not run["training"].get("load_best_model_at_end"):
             raise UsageError("early_stopping needs evaluations and the best checkpoint kept: set training.eval_strategy "
                              "(steps or epoch, as save_strategy) and training.load_best_model_at_end: true.")
+    optimizer = run["optimizer"].get("name", "adamw")
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"optimizer.name = {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    if optimizer == "muon" and run["growth"].get("stages"):
+        raise UsageError("optimizer.name: muon with a growth section: growth inside a run copies AdamW's moment "
+                         "estimates onto the new layers, and Muon keeps other state. Drop one of the two.")
     max_steps = run["training"].get("max_steps", -1)
     if max_steps == 0 or max_steps < -1:
         raise UsageError(f"training.max_steps = {max_steps!r}: give a positive number of optimizer steps, or -1 to "

@@ -31,6 +31,7 @@ from . import run_config
 from .datasets import build_datasets, load_texts
 from .defaults import TRAINING_DEFAULTS
 from .model import build_model, build_model_config
+from .optimizers import muon_with_adamw
 from .reports import plot_losses, sample
 from .run_folder import TRAINER_CHECKPOINT_FILES, RunFolder, check_output_dir, last_complete_checkpoint
 from .tokenizer import build_tokenizer
@@ -48,10 +49,23 @@ class MtlmTrainer(Trainer):
     _first_non_finite: torch.Tensor | None = None  # (step, loss) of the first non-finite loss; step -1 while none
     _tokens_not_counted: torch.Tensor | None = None  # non-padding tokens seen since the state's count was updated
 
-    def __init__(self, *args, train_collator=None, train_sample_weights: torch.Tensor | None = None, **kwargs):
+    def __init__(self, *args, train_collator=None, train_sample_weights: torch.Tensor | None = None,
+                 optimizer_settings: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_collator = train_collator  # batches training alone (evaluation keeps data_collator)
         self.train_sample_weights = train_sample_weights  # a weight per training row: drawn with replacement
+        self.optimizer_settings = optimizer_settings or {}  # the run config's optimizer section
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.optimizer_settings.get("name", "adamw") == "adamw":
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        args = self.args
+        self.optimizer = muon_with_adamw(
+            model, set(self.get_decay_parameter_names(model)), args.weight_decay, args.learning_rate,
+            self.optimizer_settings.get("muon_learning_rate"), self.optimizer_settings.get("momentum", 0.95),
+            (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
+        return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         if self.train_sample_weights is None:
@@ -354,6 +368,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             data_collator=batches,
             train_collator=train_collator,
             train_sample_weights=sample_weights,
+            optimizer_settings=run["optimizer"],
             processing_class=tokenizer,
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
                        RunFolderSaved(folder), *early_stopping(run), *callbacks],
