@@ -102,10 +102,8 @@ def test_train_writes_a_checkpoint_folder_that_generates(tmp_path, capsys):
 
 def test_training_lowers_the_loss(tmp_path):
     trainer = train(run_config.validate(tiny_run(tmp_path, training={"max_steps": 40})))
-    assert all("momentum_buffer" in optimizer.muon.state[p] for group in optimizer.muon.param_groups
-               for p in group["params"])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert losses[-1] < losses[0] - 0.3
+    assert losses[-1] < losses[0] - 0.5
 
 
 def test_an_output_folder_holding_a_run_is_refused(tmp_path):
