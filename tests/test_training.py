@@ -455,3 +455,20 @@ def test_bad_optimizer_sections_are_refused_when_the_config_is_read(tmp_path, op
         run["growth"] = growth
     with pytest.raises(UsageError, match=re.escape(message)):
         run_config.validate(run)
+
+
+def test_the_attention_kernel_is_a_model_key_and_flash_attention_is_refused_where_it_cannot_run(tmp_path):
+    losses = {}
+    for kernel in ("eager", "sdpa"):
+        trainer = train(run_config.validate(tiny_run(tmp_path / kernel, model={"attn_implementation": kernel},
+                                                     training={"max_steps": 4, "logging_steps": 1})))
+        assert trainer.model.config._attn_implementation == kernel
+        losses[kernel] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses["eager"] == pytest.approx(losses["sdpa"], abs=1e-4)
+    with pytest.raises(UsageError, match="choose one of sdpa, eager, flash_attention_2, flex_attention"):
+        run_config.validate(tiny_run(tmp_path, model={"attn_implementation": "flash"}))
+    if not torch.cuda.is_available():
+        flash = tiny_run(tmp_path / "flash", model={"attn_implementation": "flash_attention_2"})
+        with pytest.raises(UsageError, match=r"needs a CUDA GPU and flash-attn .* Choose sdpa"):
+            train(run_config.validate(flash))
+        assert not (tmp_path / "flash").exists()

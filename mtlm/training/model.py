@@ -1,6 +1,8 @@
 """Step 4 of a run: the model config its model section describes, fitted to the tokenizer, and the model."""
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.utils import is_flash_attn_2_available
 
 from ..configuration.presets import PRESETS, preset_config
 from ..errors import UsageError
@@ -52,8 +54,19 @@ def chunking_of(model_type: str, tokenizer, fields: dict) -> dict:
     return chunking
 
 
+def check_attention(config) -> None:
+    """FlashAttention-2 runs only on a CUDA GPU with flash-attn installed: say so before anything is built."""
+    if config._attn_implementation == "flash_attention_2" and not (torch.cuda.is_available()
+                                                                    and is_flash_attn_2_available()):
+        raise UsageError("model.attn_implementation = 'flash_attention_2' needs a CUDA GPU and flash-attn (pip "
+                         "install 'mtlm[cuda]'); this machine has "
+                         f"{'no CUDA GPU' if not torch.cuda.is_available() else 'no flash-attn'}. Choose sdpa (the "
+                         "default), eager or flex_attention.")
+
+
 def build_model(config, init_from: str | None = None):
     """A freshly initialised model, or the weights of `init_from` under `config`, which must then fit them exactly."""
+    check_attention(config)
     if not init_from:
         return AutoModelForCausalLM.from_config(config)
     check_checkpoint_files(init_from)

@@ -152,6 +152,7 @@ def field_types(cls) -> dict[str, object]:
 
 
 MODEL_SOURCE_KEYS = {"preset", "model_type", "init_from"}
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 
 
 def model_type_of(model: dict) -> str | None:
@@ -167,7 +168,9 @@ def model_field_types(run: dict) -> dict[str, object]:
     """Fields the model section may set, with their types: the family config's fields (plus `preset` /
     `model_type` / `init_from`)."""
     model_type = model_type_of(run["model"])
-    sources = {"preset": str, "model_type": str, "init_from": str}
+    # attn_implementation picks the attention kernel (eager, sdpa, flash_attention_2, flex_attention); it changes no
+    # weight, so it applies to init_from too.
+    sources = {"preset": str, "model_type": str, "init_from": str, "attn_implementation": str}
     if model_type is None:
         return sources
     try:
@@ -240,6 +243,10 @@ def validate(run: dict) -> dict:
         if run["training"].get("eval_strategy", "no") == "no" or not run["training"].get("load_best_model_at_end"):
             raise UsageError("early_stopping needs evaluations and the best checkpoint kept: set training.eval_strategy "
                              "(steps or epoch, as save_strategy) and training.load_best_model_at_end: true.")
+    attention = model.get("attn_implementation", "sdpa")
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise UsageError(f"model.attn_implementation = {attention!r}; choose one of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}.")
     optimizer = run["optimizer"].get("name", "adamw")
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"optimizer.name = {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
