@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from conftest import random_ids, tiny_model
+from mtlm.modeling.mtlm_blocks import MtlmRMSNorm
 
 
 @pytest.mark.parametrize("family", ["mtlm_llama", "mtlm_gpt"])
@@ -30,3 +32,22 @@ def test_compiled_models_compute_the_eager_logits_and_gradients_in_one_graph(fam
     torch.testing.assert_close(compiled.logits, eager.logits, rtol=0, atol=1e-5)
     for name, gradient in eager_gradients.items():
         torch.testing.assert_close(model.get_parameter(name).grad, gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_rms_norm_computes_llamas_steps(dtype):
+    torch.manual_seed(0)
+    ours, reference = MtlmRMSNorm(64), LlamaRMSNorm(64)
+    with torch.no_grad():
+        ours.weight.normal_()
+    reference.load_state_dict(ours.state_dict())
+    ours, reference = ours.to(dtype), reference.to(dtype)
+    inputs = (torch.randn(3, 5, 64) * 4).to(dtype)
+    outputs = []
+    for norm in (ours, reference):
+        given = inputs.clone().requires_grad_()
+        output = norm(given)
+        output.square().sum().backward()
+        outputs.append((output, given.grad, norm.weight.grad))
+    for mine, theirs in zip(*outputs):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)

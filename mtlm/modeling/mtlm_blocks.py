@@ -50,11 +50,11 @@ class MtlmRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (..., hidden_size) -> same shape and dtype."""
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        # torch's fused kernel computes what Llama's pow / mean / rsqrt / mul steps do, bit for bit, at a fraction of
+        # the time and the saved activations of the backward pass.
+        normalized = nn.functional.rms_norm(hidden_states.to(torch.float32), self.weight.shape,
+                                            eps=self.variance_epsilon)
+        return self.weight * normalized.to(hidden_states.dtype)
 
     def extra_repr(self):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
