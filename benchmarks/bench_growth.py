@@ -235,19 +235,42 @@ def train_phases(args, results: dict) -> None:
                                  growth=stages))
 
 
+def flops_to_reach_on_power_law(curve: list[tuple[float, float]], loss: float) -> float | None:
+    """The FLOPs at which L(F) = a + b (F / F0)^-c, fitted to the curve's points (least squares, c on a grid), reaches
+    `loss`; None outside the curve. A loss curve is convex in log FLOPs, so the straight line between two of its points
+    lies above it and flops_to_reach overstates what scratch needs; this smooth curve through the points does not."""
+    flops, losses = np.array([point for point, _ in curve]), np.array([value for _, value in curve])
+    fits = []
+    for exponent in np.linspace(0.05, 3.0, 296):
+        design = np.stack([np.ones_like(flops), (flops / flops[0]) ** -exponent], axis=1)
+        (offset, scale), *_ = np.linalg.lstsq(design, losses, rcond=None)
+        fits.append((float(((design @ [offset, scale] - losses) ** 2).sum()), exponent, offset, scale))
+    _, exponent, offset, scale = min(fits)
+    if loss <= offset or scale <= 0:
+        return None
+    reach = flops[0] * ((loss - offset) / scale) ** (-1 / exponent)
+    return float(reach) if flops[0] <= reach <= flops[-1] else None
+
+
 def savings(results: dict) -> dict[str, dict]:
-    """Per growth arm and budget: each seed's FLOPs saved and speedup against that seed's scratch curve."""
+    """Per growth arm and budget: each seed's FLOPs saved and speedup against that seed's scratch curve (read off
+    straight lines between its points, and off a power law through them)."""
     table = {}
     for key, row in results.get("grow", {}).items():
         name, seed = key.rsplit("-s", 1)
-        reach = flops_to_reach(scratch_curve(results, int(seed)), row["final_loss"])
-        entry = table.setdefault(name, {"losses": [], "saved": [], "speedup": [], "beyond": 0, "flops": row["flops"]})
+        curve = scratch_curve(results, int(seed))
+        reach = flops_to_reach(curve, row["final_loss"])
+        entry = table.setdefault(name, {"losses": [], "saved": [], "saved_power_law": [], "speedup": [], "beyond": 0,
+                                        "flops": row["flops"]})
         entry["losses"].append(row["final_loss"])
         if reach is None:
             entry["beyond"] += 1
         else:
             entry["saved"].append(1 - row["flops"] / reach)
             entry["speedup"].append(reach / row["flops"])
+        fitted = flops_to_reach_on_power_law(curve, row["final_loss"])
+        if fitted is not None:
+            entry["saved_power_law"].append(1 - row["flops"] / fitted)
     return table
 
 
@@ -275,12 +298,21 @@ def report(results: dict) -> str:
                      f"{len(finals[8])} seeds): the gap {gap:.4f} is {gap / noise:.1f}x the larger range between seeds "
                      f"({noise:.4f}) and {gap / deviation:.1f}x the larger standard deviation ({deviation:.4f}); "
                      f"worst 8-layer {max(finals[8]):.4f} against best 4-layer {min(finals[4]):.4f}; {verdict}")
+    shallow = [row for key, row in depth.items() if key.startswith("4L-")]
+    if shallow:
+        shallow_saved = [1 - row["flops"] / reach for key, row in depth.items() if key.startswith("4L-")
+                         for reach in [flops_to_reach(scratch_curve(results, int(key.rsplit("-s", 1)[1])),
+                                                      row["final_loss"])] if reach]
+        lines.append(f"4 layers from scratch at the large budget: {np.mean([r['final_loss'] for r in shallow]):.4f} "
+                     f"with {shallow[0]['flops']:.3g} FLOPs; on the 8-layer scratch curve: {spread(shallow_saved)} "
+                     "fewer FLOPs")
     lines += ["", "| arm (budget in 8-layer steps) | final loss | training FLOPs | FLOPs saved, mean (range over seeds) "
-              "| speedup (G_stack's measure) | seeds beyond the scratch curve |", "|---|---:|---:|---:|---:|---:|"]
+              "| on a power law through scratch | speedup (G_stack's measure) | seeds beyond the scratch curve |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, entry in sorted(savings(results).items()):
         speedup = f"{np.mean(entry['speedup']):.2f}x" if entry["speedup"] else "–"
         lines.append(f"| {name} | {np.mean(entry['losses']):.4f} | {entry['flops']:.3g} | {spread(entry['saved'])} "
-                     f"| {speedup} | {entry['beyond']} of {len(entry['losses'])} |")
+                     f"| {spread(entry['saved_power_law'])} | {speedup} | {entry['beyond']} of {len(entry['losses'])} |")
     return "\n".join(lines)
 
 
@@ -291,6 +323,10 @@ def plot(results: dict, path: Path) -> Path:
         curve = scratch_curve(results, int(seed))
         axis.plot(*zip(*curve), color="black", alpha=0.6, marker="o", label="scratch (WSD cooldowns)" if seed == "0"
                   else None)
+    shallow = [(row["flops"], row["final_loss"]) for key, row in results.get("depth", {}).items()
+               if key.startswith("4L-")]
+    if shallow:
+        axis.scatter(*zip(*shallow), marker="x", color="grey", label="4 layers from scratch (large budget)", zorder=3)
     markers = dict(zip(["stack-gradual", "stack-jump", "midas", "gated", "width"], "sD^vP"))
     for name in markers:
         points = [(row["flops"], row["final_loss"]) for key, row in results.get("grow", {}).items()

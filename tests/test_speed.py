@@ -51,3 +51,39 @@ def test_the_fused_rms_norm_computes_llamas_steps(dtype):
         outputs.append((output, given.grad, norm.weight.grad))
     for mine, theirs in zip(*outputs):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def saved_activation_bytes(model, ids) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of one training step (parameters excluded)."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(nbytes for pointer, nbytes in storages.items() if pointer not in parameters)
+
+
+def test_a_chunked_loss_gives_the_same_loss_and_gradients_without_holding_the_logits(family):
+    model = tiny_model(family, vocab_size=4096).train()
+    ids = random_ids(2, 48)
+    ids[0, :5] = -100  # positions without a label
+    labels, ids = ids, ids.clamp(min=0)
+    whole = model(ids, labels=labels)
+    whole.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    whole_memory = saved_activation_bytes(model, ids)
+    model.zero_grad(set_to_none=True)
+    model.config.loss_chunk_size = 20  # does not divide 2 x 48 positions
+    chunked = model(ids, labels=labels)
+    chunked.loss.backward()
+    assert chunked.logits is None
+    torch.testing.assert_close(chunked.loss, whole.loss, rtol=0, atol=1e-5)
+    for name, gradient in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, gradient, rtol=1e-4, atol=1e-6, msg=name)
+    assert saved_activation_bytes(model, ids) < 0.6 * whole_memory
+    assert model.eval()(ids, labels=labels).logits.shape == (2, 48, 4096)  # evaluation keeps its logits

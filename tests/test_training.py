@@ -472,3 +472,13 @@ def test_the_attention_kernel_is_a_model_key_and_flash_attention_is_refused_wher
         with pytest.raises(UsageError, match=r"needs a CUDA GPU and flash-attn .* Choose sdpa"):
             train(run_config.validate(flash))
         assert not (tmp_path / "flash").exists()
+
+
+def test_a_run_with_a_chunked_loss_follows_the_plain_runs_losses(tmp_path):
+    losses = []
+    for name, model in (("plain", {}), ("chunked", {"loss_chunk_size": 50})):
+        trainer = train(run_config.validate(tiny_run(tmp_path / name, model=model, training={
+            "max_steps": 6, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 6})))
+        losses.append([entry.get("loss", entry.get("eval_loss")) for entry in trainer.state.log_history
+                       if "loss" in entry or "eval_loss" in entry])
+    assert len(losses[0]) == 8 and losses[1] == pytest.approx(losses[0], abs=1e-4)  # 6 steps, 2 evaluations

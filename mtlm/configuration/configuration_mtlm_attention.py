@@ -13,6 +13,9 @@ class MtlmAttentionConfig(PreTrainedConfig):
     `num_hidden_layers` blocks of x + drop(attn(norm(x))), a final norm and a linear head (with bias) to the
     vocabulary. `max_position_embeddings` is the context: `generate()` keeps the last that many tokens.
 
+    loss_chunk_size: in training, compute the loss this many positions at a time, recomputing each chunk's logits in
+        the backward pass, so that the (batch, seq, vocab) logits never exist whole; the forward then returns no
+        logits. `None` computes them at once.
     head_bias: a bias on the output layer (Tiny-LM's head has one).
     """
 
@@ -34,6 +37,7 @@ class MtlmAttentionConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.1
     tie_word_embeddings: bool = False
+    loss_chunk_size: int | None = None
     use_cache: bool = False
     pad_token_id: int | None = None
     bos_token_id: int | None = None

@@ -67,6 +67,9 @@ class MtlmByteConfig(MtlmLlamaConfig):
         if self.tie_word_embeddings:
             raise ValueError("tie_word_embeddings=True is not possible for mtlm_byte: the byte embeddings and the "
                              "decoder's output layer have different widths.")
+        if self.loss_chunk_size:
+            raise ValueError("loss_chunk_size is not supported by mtlm_byte: its decoder computes its own loss over "
+                             "byte slots; leave it None.")
         require_choice(self, "chunk_boundary", CHUNK_BOUNDARIES)
         require_choice(self, "pooling", POOLINGS)
         require_choice(self, "decoder_type", DECODER_TYPES)

@@ -15,6 +15,9 @@ class MtlmGPTConfig(PreTrainedConfig):
     intermediate_size: MLP width; `None` means `4 * hidden_size`.
     norm_type: "layernorm" (with bias, GPT-2) or "rmsnorm" (TinyGPT).
     hidden_dropout: dropout on the embeddings and on each residual branch's output.
+    loss_chunk_size: in training, compute the loss this many positions at a time, recomputing each chunk's logits in
+        the backward pass, so that the (batch, seq, vocab) logits never exist whole; the forward then returns no
+        logits. `None` computes them at once.
     scale_residual_init: initialise residual output projections with std `initializer_range / sqrt(2L)` (GPT-2).
     """
 
@@ -39,6 +42,7 @@ class MtlmGPTConfig(PreTrainedConfig):
     attention_dropout: float = 0.1
     hidden_dropout: float = 0.1
     tie_word_embeddings: bool = True
+    loss_chunk_size: int | None = None
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = 50256

@@ -13,6 +13,9 @@ class MtlmLlamaConfig(PreTrainedConfig):
 
     num_key_value_heads: kv heads for grouped-query attention; `None` means one per query head.
     hidden_dropout: dropout on the embeddings and on each residual branch's output.
+    loss_chunk_size: in training, compute the loss this many positions at a time, recomputing each chunk's logits in
+        the backward pass, so that the (batch, seq, vocab) logits never exist whole; the forward then returns no
+        logits. `None` computes them at once.
     scale_residual_init: initialise residual output projections (attention `o_proj`, MLP `down_proj`) with
         std `initializer_range / sqrt(2 * num_hidden_layers)`, as GPT-2 and MTLM2 do.
     """
@@ -38,6 +41,7 @@ class MtlmLlamaConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     tie_word_embeddings: bool = True
+    loss_chunk_size: int | None = None
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = 1

@@ -41,5 +41,7 @@ def check_attention_shape(config, mlp: bool = True) -> None:
     if mlp:
         require_choice(config, "hidden_act", ACT2FN.keys())
     require_probability(config, "attention_dropout", "hidden_dropout")
+    if getattr(config, "loss_chunk_size", None) is not None:
+        require_positive(config, "loss_chunk_size")
     if config.initializer_range <= 0:
         raise ValueError(f"initializer_range must be positive, got {config.initializer_range!r}.")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -486,6 +487,26 @@ class MtlmModel(MtlmPreTrainedModel):
         return self.output_class(last_hidden_state=self.norm(hidden_states), **{CACHE_NAME: cache})
 
 
+def chunked_next_token_loss(hidden_states: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, chunk_size: int,
+                            num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The next-token cross-entropy of lm_head(hidden_states) (batch, seq, hidden) against labels (batch, seq; -100
+    where no loss is taken; shifted here), summed over `chunk_size` positions at a time and divided by the labelled
+    positions (or `num_items_in_batch`, as transformers' loss does). Each chunk's logits are recomputed in the backward
+    pass, so the (batch, seq, vocab) logits never exist whole: with a large vocabulary they are most of a step's
+    activation memory."""
+    targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+
+    def summed_loss(hidden_chunk: torch.Tensor, target_chunk: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(hidden_chunk).float()
+        return nn.functional.cross_entropy(logits, target_chunk, ignore_index=-100, reduction="sum")
+
+    total = sum(checkpoint(summed_loss, hidden[start:start + chunk_size], targets[start:start + chunk_size],
+                           use_reentrant=False) for start in range(0, hidden.shape[0], chunk_size))
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    return total / count
+
+
 class MtlmForCausalLM(MtlmPreTrainedModel, GenerationMixin):
     """A backbone (`self.model`) with a linear head over the vocabulary, tied to the embeddings when configured."""
 
@@ -518,11 +539,18 @@ class MtlmForCausalLM(MtlmPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        chunk_size = getattr(self.config, "loss_chunk_size", None)
+        if chunk_size and labels is not None and self.training and logits_to_keep == 0:
+            # Training with a chunked loss: the loss, and no logits, which are what it avoids holding.
+            loss = chunked_next_token_loss(hidden_states, self.lm_head, labels, chunk_size,
+                                           kwargs.get("num_items_in_batch"))
+            logits = None
+        else:
+            slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, slice_indices, :])
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         extras = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
         return self.output_class(loss=loss, logits=logits, **extras)
 
