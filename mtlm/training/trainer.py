@@ -41,6 +41,12 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def device_scalar(value: int | float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d tensor holding `value` on `device`, written by a kernel (torch.tensor(value, device=...) copies it from
+    host memory, which waits for the device)."""
+    return torch.empty((), device=device, dtype=dtype).fill_(value)
+
+
 class MtlmTrainer(Trainer):
     """The HF Trainer with weight decay on matrices only, a stop at the first non-finite loss, and logs that carry
     cumulative training FLOPs, perplexity beside every evaluation loss, and MoE's auxiliary loss on its own."""
@@ -101,8 +107,8 @@ class MtlmTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._first_non_finite is None:
             self._first_non_finite = torch.tensor([-1.0, 0.0], device=loss.device)
-        step_and_loss = torch.stack([torch.tensor(self.state.global_step + 1.0, device=loss.device),
-                                     loss.detach().float()])
+        step = device_scalar(self.state.global_step + 1, loss.device, torch.float32)
+        step_and_loss = torch.stack([step, loss.detach().float()])
         first = ~torch.isfinite(loss.detach()) & (self._first_non_finite[0] < 0)
         self._first_non_finite = torch.where(first, step_and_loss, self._first_non_finite)
         return loss
@@ -117,7 +123,7 @@ class MtlmTrainer(Trainer):
         elif counted == "non_padding" and pad_token_id is not None:
             count = (inputs["input_ids"] != pad_token_id).sum()
         else:
-            count = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            count = device_scalar(inputs["input_ids"].numel(), inputs["input_ids"].device, torch.int64)
         self._tokens_not_counted = count if self._tokens_not_counted is None else self._tokens_not_counted + count
 
     def read_device_counters(self) -> None:
