@@ -30,7 +30,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
                  momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
         self.muon = torch.optim.Muon(muon_groups, lr=muon_lr or lr, momentum=momentum,
                                      adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps)
+        # fused where torch has the kernel, as the Trainer's own default (adamw_torch_fused)
+        fused = all(p.device.type in ("cpu", "cuda") for group in adamw_groups for p in group["params"])
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, fused=fused)
         super().__init__([p for group in muon_groups + adamw_groups for p in group["params"]], {})
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
