@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from bench_speed import generation_seconds, saved_activation_bytes, synchronize
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
 from mtlm.convert import from_upstream
@@ -47,11 +48,6 @@ def upstream_models(size: dict) -> dict:
     }
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_train_steps(model, optimizer, batch: torch.Tensor, steps: int, device: str) -> float:
     """Seconds for `steps` full training steps on `batch` (batch, seq)."""
     synchronize(device)
@@ -63,39 +59,6 @@ def time_train_steps(model, optimizer, batch: torch.Tensor, steps: int, device: 
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
     return time.perf_counter() - start
-
-
-def time_generation(model, prompt: torch.Tensor, new_tokens: int, device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.no_grad():
-        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       eos_token_id=None, pad_token_id=0)
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def training_step_memory(model, batch: torch.Tensor, device: str) -> int:
-    """Peak bytes of one forward + backward: CUDA's max allocated, or on CPU the activations saved for backward."""
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        model(batch, labels=batch).loss.backward()
-        model.zero_grad(set_to_none=True)
-        return torch.cuda.max_memory_allocated()
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = model(batch, labels=batch).loss
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(nbytes for pointer, nbytes in storages.items() if pointer not in parameters)
 
 
 def benchmark_pair(name: str, build, size: dict, args) -> dict:
@@ -112,8 +75,8 @@ def benchmark_pair(name: str, build, size: dict, args) -> dict:
         model.train()
         time_train_steps(model, optimizers[key], batch, 2, args.device)
         model.eval()
-        time_generation(model, prompt, 4, args.device)
-    memory = {key: training_step_memory(model.train(), batch, args.device) for key, model in models.items()}
+        generation_seconds(model, prompt, 4, args.device)
+    memory = {key: saved_activation_bytes(model.train(), batch, args.device) for key, model in models.items()}
 
     train_seconds = {key: [] for key in models}
     generate_seconds = {key: [] for key in models}
@@ -123,7 +86,7 @@ def benchmark_pair(name: str, build, size: dict, args) -> dict:
             models[key].train()
             train_seconds[key].append(time_train_steps(models[key], optimizers[key], batch, args.steps, args.device))
             models[key].eval()
-            generate_seconds[key].append(time_generation(models[key], prompt, new_tokens, args.device))
+            generate_seconds[key].append(generation_seconds(models[key], prompt, new_tokens, args.device))
 
     tokens_per_step = batch.numel()
     result = {"family": name, "parameters": sum(p.numel() for p in upstream.parameters())}

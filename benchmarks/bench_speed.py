@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_tiny_lm import save  # noqa: E402  (the study scripts' JSON writer)
+from bench_tiny_lm import save  # the study scripts' JSON writer
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
