@@ -10,7 +10,8 @@ Per family and size, in one process, timed in alternating rounds so that the mac
   loop on the same model runs its rounds in between, eager and with the Trainer's `torch_compile`;
 - achieved FLOP/s (the model's analytic training FLOPs) as a fraction of this machine's fp32 (or bf16) matmul peak,
   measured here at 1024^3 (CUDA: 8192^3);
-- greedy generation tokens/s (KV cache) against upstream;
+- greedy generation tokens/s at batch 1 (KV cache) against upstream, eager and through `compiled_decoding()` (a
+  static cache and a compiled step; the first call, which compiles, is timed apart);
 - peak memory of a training step (CPU: bytes of saved activations; CUDA: max allocated) against upstream, and with
   gradient checkpointing.
 
@@ -39,6 +40,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
 from mtlm.convert import to_upstream
+from mtlm.training.reports import compiled_decoding
 from mtlm.training import run_config
 from mtlm.training.trainer import train
 
@@ -166,12 +168,12 @@ class PlainLoop:
         return time.perf_counter() - start
 
 
-def generation_seconds(model, prompt: torch.Tensor, new_tokens: int, device: str) -> float:
+def generation_seconds(model, prompt: torch.Tensor, new_tokens: int, device: str, **decoding) -> float:
     synchronize(device)
     start = time.perf_counter()
     with torch.no_grad():
         model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       eos_token_id=None, pad_token_id=0)
+                       eos_token_id=None, pad_token_id=0, **decoding)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -269,6 +271,30 @@ def contenders(family: str, size: dict, args) -> dict[str, PlainLoop]:
     return loops
 
 
+def generation_benchmark(ours, upstream, prompt: torch.Tensor, new_tokens: int, args) -> dict:
+    """Greedy generation at batch 1, eager and (with --compile) through `compiled_decoding()`, in alternating rounds;
+    the compiled contenders' first call, which compiles, is timed on its own."""
+    ours.eval(), upstream.eval()
+    contenders = {"mtlm": (ours, {}), "upstream": (upstream, {})}
+    if args.compile:
+        contenders.update({"mtlm-compiled": (ours, compiled_decoding()),
+                           "upstream-compiled": (upstream, compiled_decoding())})
+    first_call_s = {name: generation_seconds(model, prompt, new_tokens, args.device, **decoding)
+                    for name, (model, decoding) in contenders.items()}
+    seconds = {name: [] for name in contenders}
+    for round_index in range(args.rounds):
+        order = list(contenders) if round_index % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            model, decoding = contenders[name]
+            seconds[name].append(generation_seconds(model, prompt, new_tokens, args.device, **decoding))
+    comparisons = {"mtlm vs upstream": ("mtlm", "upstream"), "compiled vs upstream": ("mtlm-compiled", "upstream"),
+                   "compiled vs upstream compiled": ("mtlm-compiled", "upstream-compiled")}
+    return {"generate_tokens_per_s": {name: new_tokens / statistics.median(values) for name, values in seconds.items()},
+            "generate_first_call_s": first_call_s,
+            "generate_speedup": {label: statistics.median(r / t for t, r in zip(seconds[name], seconds[reference]))
+                                 for label, (name, reference) in comparisons.items() if name in seconds}}
+
+
 def benchmark(family: str, size_name: str, args, peak: float) -> dict:
     size = SIZES[size_name]
     loops = contenders(family, size, args)
@@ -296,19 +322,7 @@ def benchmark(family: str, size_name: str, args, peak: float) -> dict:
                           for label, (name, reference) in comparisons.items()
                           if name in seconds and reference in seconds}}
 
-    prompt, new_tokens = batch[:1, :8], min(args.new_tokens, size["context"] - 8)
-    ours.eval(), upstream.eval()
-    generation = {"mtlm": [], "upstream": []}
-    for model in (ours, upstream):
-        generation_seconds(model, prompt, 4, args.device)
-    for round_index in range(args.rounds):
-        pairs = [("mtlm", ours), ("upstream", upstream)]
-        for name, model in (pairs if round_index % 2 == 0 else reversed(pairs)):
-            generation[name].append(generation_seconds(model, prompt, new_tokens, args.device))
-    result["generate_tokens_per_s"] = {name: new_tokens / statistics.median(values)
-                                       for name, values in generation.items()}
-    result["generate_vs_upstream"] = statistics.median(u / m for u, m in zip(generation["upstream"],
-                                                                              generation["mtlm"]))
+    result.update(generation_benchmark(ours, upstream, batch[:1, :8], min(args.new_tokens, size["context"] - 8), args))
     memory = {"mtlm": saved_activation_bytes(ours.train(), batch, args.device),
               "upstream": saved_activation_bytes(upstream.train(), batch, args.device)}
     ours.gradient_checkpointing_enable()
@@ -341,15 +355,25 @@ def report(results: dict) -> str:
             f"| {compiled_speed} | {ratio(row, 'compiled vs upstream')} "
             f"| {ratio(row, 'compiled vs upstream compiled')} | {ratio(row, 'compiled vs nanogpt compiled')} "
             f"| {compiled_peak} |")
-    lines += ["", "| size | family | greedy generation tok/s mtlm / upstream | ratio | step memory MB mtlm / upstream "
+    lines += ["", "| size | family | greedy generation tok/s: mtlm / upstream | vs upstream | compiled: tok/s "
+              "| vs upstream | vs upstream compiled | first call (compiles) s | step memory MB mtlm / upstream "
               "| ratio | with gradient checkpointing | Trainer vs plain loop (eager / compiled) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         generation, memory, trainer = row["generate_tokens_per_s"], row["step_memory_mb"], row.get("trainer", {})
+        speedup = row["generate_speedup"]
+        compiled = {"tok/s": f"{generation['mtlm-compiled']:,.0f}",
+                    "first": f"{row['generate_first_call_s']['mtlm-compiled']:.1f}",
+                    **{label: f"{speedup[label]:.2f}x" for label in ("compiled vs upstream",
+                                                                     "compiled vs upstream compiled")}} \
+            if "mtlm-compiled" in generation else {}
         trainer_ratios = " / ".join(f"{trainer[key]['trainer_vs_plain']:.2f}x" for key in ("eager", "compiled")
                                     if key in trainer) or "–"
         lines.append(f"| {row['size']} | {row['family']} | {generation['mtlm']:,.0f} / {generation['upstream']:,.0f} "
-                     f"| {row['generate_vs_upstream']:.2f}x | {memory['mtlm']:.1f} / {memory['upstream']:.1f} "
+                     f"| {speedup['mtlm vs upstream']:.2f}x | {compiled.get('tok/s', '–')} "
+                     f"| {compiled.get('compiled vs upstream', '–')} "
+                     f"| {compiled.get('compiled vs upstream compiled', '–')} | {compiled.get('first', '–')} "
+                     f"| {memory['mtlm']:.1f} / {memory['upstream']:.1f} "
                      f"| {memory['mtlm'] / memory['upstream']:.2f} | {memory['mtlm-checkpointed']:.1f} "
                      f"| {trainer_ratios} |")
     return "\n".join(lines)

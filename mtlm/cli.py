@@ -132,7 +132,8 @@ def _generate(args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
     model, tokenizer = _load_for_generation(args.checkpoint)
     _warn_unknown_characters(tokenizer, args.prompt)
-    print(sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
+    print(sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                 compiled=args.compile))
 
 
 def _warn_unknown_characters(tokenizer, prompt: str) -> None:
@@ -175,7 +176,8 @@ def _chat(args: argparse.Namespace) -> None:
                 print("usage: temp 0.8 (0 for greedy decoding)")
             continue
         _warn_unknown_characters(tokenizer, line)
-        print(sample(model, tokenizer, line, args.max_new_tokens, temperature=temperature, top_k=args.top_k))
+        print(sample(model, tokenizer, line, args.max_new_tokens, temperature=temperature, top_k=args.top_k,
+                     compiled=args.compile))
 
 
 def _number(kind: type, minimum: float | None = None, above: float | None = None, at_most: float | None = None):
@@ -373,6 +375,10 @@ class Parser(argparse.ArgumentParser):
         raise CommandError(line, 2)
 
 
+COMPILED_DECODING_HELP = ("decode with a static KV cache and a torch.compiled step: the first generation compiles (seconds "
+                          "to a minute), later ones of the same length run ~1.6x faster per token on CPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mtlm", description="A transformers-native zoo of tiny language models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -497,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="0 keeps every token")
     generate.add_argument("--top-p", type=PROBABILITY, default=1.0, help="in (0, 1]; 1 keeps every token")
     generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--compile", action="store_true", help=COMPILED_DECODING_HELP)
     generate.set_defaults(handler=_generate)
 
     chat = commands.add_parser(
@@ -507,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=NON_NEGATIVE, default=200)
     chat.add_argument("--temperature", type=TEMPERATURE, default=0.8, help="0 for greedy decoding")
     chat.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="0 keeps every token")
+    chat.add_argument("--compile", action="store_true", help=COMPILED_DECODING_HELP)
     chat.set_defaults(handler=_chat)
 
     grow = commands.add_parser(

@@ -33,6 +33,7 @@ from mtlm import MtlmLlamaConfig, MtlmLlamaForCausalLM
 from mtlm.cli import main as mtlm_main
 from mtlm.data.tokenization import make_tokenizer
 from mtlm.evaluation.exact_match import greedy_answers
+from mtlm.training.reports import compiled_decoding
 from mtlm.modeling.mtlm_blocks import CACHE_NAME, auto_map, code_files
 
 pytestmark = pytest.mark.compat
@@ -171,9 +172,12 @@ def test_mtlm_generate_on_a_trained_checkpoint_decodes_as_without_the_cache(tmp_
     assert_context_matters(model, prompt_ids, 40)
     assert_cache_changes_nothing(model, prompt_ids, do_sample=False, max_new_tokens=40, eos_token_id=None)
 
-    capsys.readouterr()
-    mtlm_main(["generate", str(folder), "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "40"])
-    assert capsys.readouterr().out.rstrip("\n") == reference_text(model, tokenizer, "ROMEO:", 40)
+    torch._dynamo.reset()
+    for compiled in ([], ["--compile"]):
+        capsys.readouterr()
+        mtlm_main(["generate", str(folder), "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "40",
+                   *compiled])
+        assert capsys.readouterr().out.rstrip("\n") == reference_text(model, tokenizer, "ROMEO:", 40), compiled
 
     assert_remote_code_decodes(folder, tmp_path)
 
@@ -217,3 +221,18 @@ def test_upgrade_code_brings_a_folder_written_before_the_cache_rename_up_to_date
     assert_remote_code_decodes(folder, tmp_path / "after")
     mtlm_main(["upgrade-code", str(folder)])
     assert "already current" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["static-cache", "compiled"])
+def test_static_cache_and_compiled_decoding_give_the_reference_tokens(family, compiled):
+    torch._dynamo.reset()
+    model = sharpen(tiny_model(family))
+    prompt = PROMPTS[0][None]
+    assert_context_matters(model, prompt, 8)
+    decoding = compiled_decoding() if compiled else {"cache_implementation": "static"}
+    with torch.no_grad():
+        for _ in range(2):  # the second call reuses the static cache and the compiled step
+            tokens = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                    pad_token_id=model.config.pad_token_id, **decoding)
+            assert torch.equal(tokens, reference_greedy(model, prompt, 8))
+    assert compiled == hasattr(model, "_compiled_call")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers.activations import ACT2FN, PytorchGELUTanh
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from conftest import random_ids, tiny_model
@@ -51,6 +52,24 @@ def test_the_fused_rms_norm_computes_llamas_steps(dtype):
         outputs.append((output, given.grad, norm.weight.grad))
     for mine, theirs in zip(*outputs):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2s_gelu_through_the_fused_kernel_computes_the_written_out_formula():
+    model = tiny_model("mtlm_gpt", hidden_act="gelu_new").train()
+    assert isinstance(model.model.layers[0].mlp.act_fn, PytorchGELUTanh)
+    ids = random_ids(2, 16)
+    results = []
+    for act_fn in (model.model.layers[0].mlp.act_fn, ACT2FN["gelu_new"]):
+        for layer in model.model.layers:
+            layer.mlp.act_fn = act_fn
+        output = model(ids, labels=ids)
+        output.loss.backward()
+        results.append((output.logits, [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    (fused_logits, fused_gradients), (written_logits, written_gradients) = results
+    torch.testing.assert_close(fused_logits, written_logits, rtol=0, atol=1e-5)
+    for fused, written in zip(fused_gradients, written_gradients):
+        torch.testing.assert_close(fused, written, rtol=1e-4, atol=1e-6)
 
 
 def saved_activation_bytes(model, ids) -> int:

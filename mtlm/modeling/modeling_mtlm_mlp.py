@@ -5,10 +5,9 @@ import math
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 
 from .configuration_mtlm_mlp import MtlmMLPConfig
-from .mtlm_blocks import MtlmFixedContextForCausalLM, sliding_window_linear
+from .mtlm_blocks import MtlmFixedContextForCausalLM, activation, sliding_window_linear
 
 
 class MtlmMLPForCausalLM(MtlmFixedContextForCausalLM):
@@ -21,7 +20,7 @@ class MtlmMLPForCausalLM(MtlmFixedContextForCausalLM):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
         widths = [config.context_size * config.embedding_size, *config.hidden_sizes]
         self.hidden = nn.ModuleList([nn.Linear(inputs, outputs) for inputs, outputs in zip(widths, widths[1:])])
-        self.act = ACT2FN[config.hidden_act]
+        self.act = activation(config.hidden_act)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.lm_head = nn.Linear(config.hidden_sizes[-1], config.vocab_size)
         self.post_init()

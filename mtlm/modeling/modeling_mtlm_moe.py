@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.integrations import use_experts_implementation
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
@@ -16,7 +15,7 @@ from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_mtlm_moe import MtlmMoeConfig
 from .modeling_mtlm_llama import MtlmLlamaForCausalLM, MtlmLlamaModel
-from .mtlm_blocks import MtlmAttention, MtlmDecoderLayer, residual_init_std
+from .mtlm_blocks import MtlmAttention, MtlmDecoderLayer, activation, residual_init_std
 
 
 @use_experts_implementation
@@ -31,7 +30,7 @@ class MtlmExperts(nn.Module):
         self.intermediate_dim = config.intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
         self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = activation(config.hidden_act)
 
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor

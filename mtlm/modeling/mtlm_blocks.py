@@ -151,6 +151,16 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
+# GPT-2's `gelu_new` is the tanh approximation of GELU written out in Python: eight kernels, each input saved for the
+# backward pass. torch's fused kernel computes the same function (within 1e-6) in under a third of the time.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation a config names (transformers' ACT2FN), through a fused kernel where one computes it."""
+    return ACT2FN[FUSED_ACTIVATIONS.get(name, name)]
+
+
 def residual_projection(linear: nn.Linear) -> nn.Linear:
     """Mark a projection whose output is added to the residual stream: with `scale_residual_init` it starts with
     std initializer_range / sqrt(2L)."""
@@ -233,7 +243,7 @@ class MtlmGatedMLP(nn.Module):
         self.down_proj = residual_projection(
             nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         )
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden) -> (..., hidden)."""
@@ -253,7 +263,7 @@ class MtlmMLP(nn.Module):
         self.down_proj = residual_projection(
             nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         )
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden) -> (..., hidden)."""

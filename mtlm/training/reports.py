@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from transformers import CompileConfig  # noqa: E402
 
 from ..errors import UsageError  # noqa: E402
 from ..files import staged  # noqa: E402
@@ -32,10 +33,20 @@ def unknown_characters(tokenizer, text: str) -> list[str]:
                   if tokenizer.unk_token_id in tokenizer(character, add_special_tokens=False)["input_ids"])
 
 
+def compiled_decoding() -> dict:
+    """`generate()` arguments that decode with a static KV cache and a torch.compiled step, on any device (transformers
+    compiles by itself only on accelerators). The first call compiles (seconds to a minute); later calls of the same
+    shapes reuse it."""
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True  # transformers' switch for compiling on the CPU too
+    return {"cache_implementation": "static", "compile_config": compile_config}
+
+
 def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
-           top_p: float = 1.0) -> str:
+           top_p: float = 1.0, compiled: bool = False) -> str:
     """The prompt and its continuation (never past the model's context): sampled, or greedy when `temperature` is
-    0. An empty prompt starts from the tokenizer's bos token. Bytes that are not UTF-8 show as U+FFFD."""
+    0; `compiled` decodes through `compiled_decoding()`. An empty prompt starts from the tokenizer's bos token. Bytes
+    that are not UTF-8 show as U+FFFD."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     if inputs["input_ids"].shape[1] == 0:
@@ -51,7 +62,7 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
     model.eval()
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                **sampling)
+                                **sampling, **(compiled_decoding() if compiled else {}))
     model.train(was_training)
     return printable(tokenizer.decode(output[0], skip_special_tokens=True))
 
