@@ -16,7 +16,9 @@ pytest.importorskip("jax")
 pytest.importorskip("flax")
 pytest.importorskip("optax")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 import numpy as np  # noqa: E402
 from conftest import random_ids, tiny_config, tiny_model  # noqa: E402
 from test_remote_code import assert_loads_as_remote_code  # noqa: E402
@@ -232,6 +234,67 @@ def test_schedules_read_training_arguments_as_the_trainer_does():
     constant = learning_rate_schedule({**training, "lr_scheduler_type": "constant"})
     assert float(constant(0)) == pytest.approx(1e-3)
     assert steps_of(0.25, 10) == 3 and steps_of(50, 10) == 50
+
+
+@pytest.mark.parametrize("options", [{"num_decay_steps": 20},
+                                     {"num_decay_steps": 30, "decay_type": "linear", "warmup_type": "1-sqrt",
+                                      "min_lr_ratio": 0.1}])
+def test_warmup_stable_decay_is_the_trainers_schedule(options):
+    from transformers import get_scheduler
+
+    from mtlm.training.defaults import TRAINING_DEFAULTS
+    from mtlm.training.flax_trainer import learning_rate_schedule
+
+    training = {**TRAINING_DEFAULTS, "learning_rate": 1e-3, "max_steps": 100, "warmup_steps": 10,
+                "lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": options}
+    schedule = learning_rate_schedule(training)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = get_scheduler("warmup_stable_decay", optimizer, num_warmup_steps=10, num_training_steps=100,
+                              scheduler_specific_kwargs=options)
+    expected = []
+    for _ in range(101):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose([float(schedule(step)) for step in range(101)], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_flax_muon_takes_torchs_muon_steps():
+    """Three steps of optimizer.name: muon on the same weights and gradients, in PyTorch (torch.optim.Muon on the
+    layers' matrices, AdamW on the rest) and in optax, give the same weights: within 1e-4, a tenth of one step's
+    change (Newton-Schulz is bit-exact; a bfloat16 rounding of its input may differ)."""
+    from flax import nnx
+
+    from mtlm.training.defaults import TRAINING_DEFAULTS
+    from mtlm.training.flax_trainer import learning_rate_schedule, make_optimizer
+    from mtlm.training.optimizers import muon_with_adamw
+
+    training = {**TRAINING_DEFAULTS, "learning_rate": 1e-2, "max_steps": 10, "warmup_steps": 0,
+                "lr_scheduler_type": "constant", "weight_decay": 0.1}
+    model = tiny_model("mtlm_llama").train()
+    twin = mtlm.FlaxAutoModelForCausalLM.from_config(model.config)
+    twin.load_state_dict({name: value.detach().numpy() for name, value in model.state_dict().items()})
+    decayed = {name for name, parameter in model.named_parameters() if parameter.ndim >= 2}
+    torch_optimizer = muon_with_adamw(model, decayed, 0.1, 1e-2, None, 0.95, (0.9, 0.95), 1e-8)
+    _, params, _ = nnx.split(twin, nnx.Param, ...)
+    optimizer = make_optimizer(training, params, learning_rate_schedule(training), {"name": "muon"})
+    state = optimizer.init(params)
+    for step in range(3):
+        ids = random_ids(2, 16, seed=step)
+        model(ids, labels=ids).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training["max_grad_norm"])
+        gradients = {name: parameter.grad.numpy() for name, parameter in model.named_parameters()}
+        grads = jax.tree_util.tree_map_with_path(
+            lambda path, value: jnp.asarray(gradients[".".join(str(getattr(key, "key", "")) for key in path
+                                                                if hasattr(key, "key"))]), params)
+        updates, state = optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        torch_optimizer.step()
+        model.zero_grad(set_to_none=True)
+    nnx.update(twin, params)
+    flax_weights = twin.state_dict()
+    for name, parameter in model.named_parameters():
+        np.testing.assert_allclose(flax_weights[name], parameter.detach().numpy(), rtol=0, atol=1e-4, err_msg=name)
 
 
 def test_flax_refuses_what_it_cannot_do(tmp_path):

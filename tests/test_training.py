@@ -423,6 +423,32 @@ def test_a_run_with_torch_compile_trains_the_same_model_and_saves_plain_weights(
         torch.testing.assert_close(reloaded.get_parameter(name), parameter, rtol=0, atol=1e-4)
 
 
+def test_a_warmup_stable_decay_cooldown_given_as_a_fraction_follows_max_steps(tmp_path):
+    run = tiny_run(tmp_path, training={"max_steps": 12, "logging_steps": 1, "learning_rate": 1e-3, "warmup_steps": 2,
+                                       "lr_scheduler_type": "warmup_stable_decay",
+                                       "lr_scheduler_kwargs": {"num_decay_steps": 0.25}})
+    rates = [entry["learning_rate"] for entry in train(run_config.validate(run)).state.log_history
+             if "learning_rate" in entry]
+    assert len(rates) == 12
+    # the logged rate is the one a step used: held at the peak, then the last quarter (3 steps) cools down
+    assert rates[2:10] == pytest.approx([1e-3] * 8)
+    assert 1e-3 > rates[10] > rates[11] > 0
+    with pytest.raises(UsageError, match="fraction of the run, which needs training.max_steps"):
+        train(run_config.validate(tiny_run(tmp_path / "epochs", training={
+            "max_steps": -1, "num_train_epochs": 1, "lr_scheduler_type": "warmup_stable_decay",
+            "lr_scheduler_kwargs": {"num_decay_steps": 0.25}})))
+
+
+def test_torch_compile_without_a_cpp_compiler_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler++",))
+    run = run_config.validate(tiny_run(tmp_path, training={"max_steps": 2, "torch_compile": True}))
+    with pytest.raises(UsageError, match="needs a C\\+\\+ compiler.*torch_compile=false"):
+        train(run)
+    assert not (tmp_path / "run").exists()
+
+
 def test_muon_trains_the_hidden_matrices_and_adamw_the_rest_and_resumes_exactly(tmp_path):
     run = tiny_run(tmp_path, optimizer={"name": "muon"}, training={
         "max_steps": 12, "save_strategy": "steps", "save_steps": 6, "logging_steps": 1})

@@ -15,7 +15,7 @@ from ..configuration.presets import count_parameters
 from ..evaluation.results import is_metric, metric_name, read_checkpoint_results
 from ..families import family_of
 from ..files import atomic_file, read_json, read_text
-from ..training.defaults import TRAINING_DEFAULTS
+from ..training.defaults import training_settings
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -85,7 +85,7 @@ def training_rows(state: dict, run: dict) -> list[tuple[str, str]]:
     if not state:
         return []
     history = state.get("log_history", [])
-    training = {**TRAINING_DEFAULTS, **(run.get("training") or {})}
+    training = training_settings(run.get("training") or {})
     environment = (state.get("stateful_callbacks") or {}).get("TrainingEnvironment", {}).get("args", {})
     rows = []
     if (data := data_description(run.get("data") or {})) and run:

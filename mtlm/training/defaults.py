@@ -1,6 +1,10 @@
 """The training recipe where a run config is silent (both backends, and the model card's description of a run)."""
 
+import math
+
 import torch
+
+from ..errors import UsageError
 
 # The seeds' recipe where the run config is silent: AdamW, linear warm-up then cosine to 0.1 * lr, clipping at 1.
 TRAINING_DEFAULTS = dict(
@@ -18,3 +22,18 @@ TRAINING_DEFAULTS = dict(
     include_num_input_tokens_seen="non_padding",  # the model card's token count
     logging_nan_inf_filter=False,  # it reads every step's loss back on the host; a non-finite loss stops the run
 )
+
+
+def training_settings(training: dict) -> dict:
+    """A run config's training section over the defaults. A warmup-stable-decay cooldown may be given as a fraction of
+    the run (0 < lr_scheduler_kwargs.num_decay_steps < 1), as warmup_steps may: it becomes a step count here, so that
+    `--set training.max_steps=N` keeps a cooldown at the end."""
+    settings = {**TRAINING_DEFAULTS, **training}
+    options = settings.get("lr_scheduler_kwargs") or {}
+    decay = options.get("num_decay_steps")
+    if settings.get("lr_scheduler_type") == "warmup_stable_decay" and isinstance(decay, float) and 0 < decay < 1:
+        if not settings.get("max_steps", -1) > 0:
+            raise UsageError(f"training.lr_scheduler_kwargs.num_decay_steps={decay} is a fraction of the run, which "
+                             "needs training.max_steps: set it, or give num_decay_steps in steps.")
+        settings["lr_scheduler_kwargs"] = {**options, "num_decay_steps": math.ceil(decay * settings["max_steps"])}
+    return settings

@@ -2,8 +2,9 @@
 
 The mesh has a `data` axis (batch split across devices, MTLM2's 1-D data mesh when it is the only one) and an `fsdp`
 axis (batch split further, and each weight matrix sharded along its larger dimension). The train step is one
-jit-compiled function. The recipe is the PyTorch Trainer's: AdamW with decoupled weight decay on matrices only,
-linear warm-up then cosine to `min_lr_rate`·lr, gradient clipping; `bf16` computes in bfloat16 (float32 master
+jit-compiled function. The recipe is the PyTorch Trainer's: AdamW with decoupled weight decay on matrices only (or,
+with `optimizer.name: muon`, torch.optim.Muon's update on the layers' matrices), the Trainer's schedules (warm-up,
+then cosine to `min_lr_rate`·lr, linear, constant or warmup-stable-decay), gradient clipping; `bf16` computes in bfloat16 (float32 master
 weights), `gradient_checkpointing` rematerialises each layer. Checkpoints are the usual folders (safetensors in
 PyTorch names) plus the optimizer state, so a run resumes on the same loss curve and every folder loads in PyTorch.
 """
@@ -29,7 +30,7 @@ from ..files import read_json, staged
 from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
 from . import run_config
 from .datasets import build_datasets, load_texts
-from .defaults import TRAINING_DEFAULTS
+from .defaults import training_settings
 from .model import build_model_config
 from .reports import plot_losses
 from .run_folder import RunFolder, check_output_dir, last_complete_checkpoint
@@ -37,7 +38,7 @@ from .tokenizer import build_tokenizer
 
 OPTIMIZER_STATE = "flax_optimizer_state.npz"  # the optax state's leaves, in tree order
 FLAX_CHECKPOINT_FILES = ("trainer_state.json", "model.safetensors", OPTIMIZER_STATE)
-SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
+SCHEDULES = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay")
 
 
 def make_mesh(data: int | None = None, fsdp: int = 1) -> Mesh:
@@ -75,6 +76,8 @@ def learning_rate_schedule(training: dict) -> optax.Schedule:
     if kind not in SCHEDULES:
         raise UsageError(f"lr_scheduler_type={kind!r} is not available with --backend flax; use one of "
                          f"{', '.join(SCHEDULES)}.")
+    if kind == "warmup_stable_decay":
+        return warmup_stable_decay(peak, steps, warmup, **(training.get("lr_scheduler_kwargs") or {}))
     if kind in ("cosine", "cosine_with_min_lr"):
         options = training.get("lr_scheduler_kwargs") or {} if kind == "cosine_with_min_lr" else {}
         floor = options["min_lr"] if "min_lr" in options else options.get("min_lr_rate", 0.0) * peak
@@ -86,14 +89,91 @@ def learning_rate_schedule(training: dict) -> optax.Schedule:
     return optax.join_schedules([warm, after], [warmup])
 
 
-def make_optimizer(training: dict, params, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Clip, then AdamW with weight decay on matrices (ndim >= 2) only."""
-    decay_mask = jax.tree.map(lambda value: value.ndim >= 2, params)
-    return optax.chain(
-        optax.clip_by_global_norm(training["max_grad_norm"]),
-        optax.adamw(schedule, b1=training["adam_beta1"], b2=training["adam_beta2"],
-                    eps=training.get("adam_epsilon", 1e-8), weight_decay=training["weight_decay"], mask=decay_mask),
-    )
+def warmup_stable_decay(peak: float, steps: int, warmup: int, num_decay_steps: int, num_stable_steps: int | None = None,
+                        warmup_type: str = "linear", decay_type: str = "cosine", min_lr_ratio: float = 0.0,
+                        num_cycles: float = 0.5) -> optax.Schedule:
+    """transformers' get_wsd_schedule: warm-up to `peak`, hold it, decay over `num_decay_steps` to min_lr_ratio·peak."""
+    stable = steps - warmup - num_decay_steps if num_stable_steps is None else num_stable_steps
+    shapes = {"linear": lambda progress: progress, "1-sqrt": lambda progress: 1 - jnp.sqrt(1 - progress),
+              "cosine": lambda progress: 0.5 * (1 - jnp.cos(jnp.pi * progress))}
+    decays = {"linear": lambda progress: 1 - progress, "1-sqrt": lambda progress: 1 - jnp.sqrt(progress),
+              "cosine": lambda progress: 0.5 * (1 + jnp.cos(jnp.pi * num_cycles * 2 * progress))}
+    for name, value, known in (("warmup_type", warmup_type, shapes), ("decay_type", decay_type, decays)):
+        if value not in known:
+            raise UsageError(f"lr_scheduler_kwargs.{name}={value!r}: choose one of {', '.join(known)}.")
+
+    def schedule(step):
+        warming = shapes[warmup_type](step / max(1, warmup)) * (1 - min_lr_ratio) + min_lr_ratio
+        progress = jnp.clip((step - warmup - stable) / max(1, num_decay_steps), 0, 1)
+        decaying = decays[decay_type](progress) * (1 - min_lr_ratio) + min_lr_ratio
+        factor = jnp.select([step < warmup, step < warmup + stable, step < warmup + stable + num_decay_steps],
+                            [jnp.maximum(warming, 0.0), 1.0, jnp.maximum(decaying, 0.0)], min_lr_ratio)
+        return peak * factor
+
+    return schedule
+
+
+def newton_schulz(matrix: jax.Array, coefficients: tuple[float, float, float], steps: int, eps: float) -> jax.Array:
+    """torch.optim.Muon's orthogonalisation of a 2-D update: bfloat16 values, each product and sum accumulated in
+    float32 and rounded once, as torch's bfloat16 addmm does."""
+    def rounded(value):
+        return value.astype(jnp.bfloat16).astype(jnp.float32)
+
+    def product(left, right):
+        return jnp.matmul(left, right, precision=jax.lax.Precision.HIGHEST)
+
+    a, b, c = coefficients
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = rounded(matrix.T if tall else matrix)
+    x = rounded(x / jnp.maximum(rounded(jnp.linalg.norm(x)), eps))
+    for _ in range(steps):
+        gram = rounded(product(x, x.T))
+        x = rounded(a * x + product(rounded(b * gram + c * product(gram, gram)), x))
+    return (x.T if tall else x).astype(matrix.dtype)
+
+
+def scale_by_muon(momentum: float, coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+                  steps: int = 5, eps: float = 1e-7) -> optax.GradientTransformation:
+    """torch.optim.Muon's update direction for (out, in) weights: the gradient's Nesterov momentum, orthogonalised, then
+    scaled by 0.2·sqrt(max(out, in)) so that its RMS matches AdamW's (adjust_lr_fn="match_rms_adamw")."""
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params)
+
+    def update(gradients, buffers, params=None):
+        buffers = jax.tree.map(lambda buffer, gradient: buffer + (1 - momentum) * (gradient - buffer), buffers,
+                               gradients)
+        directions = jax.tree.map(
+            lambda gradient, buffer: 0.2 * math.sqrt(max(gradient.shape)) * newton_schulz(
+                gradient + momentum * (buffer - gradient), coefficients, steps, eps), gradients, buffers)
+        return directions, buffers
+
+    return optax.GradientTransformation(init, update)
+
+
+def is_hidden_matrix(path, value: jax.Array) -> bool:
+    """The weights Muon trains in PyTorch (mtlm.training.optimizers): the linear layers' matrices inside the layers."""
+    return value.ndim == 2 and any(getattr(key, "key", None) == "layers" for key in path)
+
+
+def make_optimizer(training: dict, params, schedule: optax.Schedule,
+                   optimizer: dict | None = None) -> optax.GradientTransformation:
+    """Clip, then AdamW with weight decay on matrices (ndim >= 2) only; with `optimizer.name: muon` the layers'
+    matrices take Muon's update instead, decayed, on the schedule scaled to `muon_learning_rate`."""
+    optimizer = optimizer or {}
+    adamw = optax.adamw(schedule, b1=training["adam_beta1"], b2=training["adam_beta2"],
+                        eps=training.get("adam_epsilon", 1e-8), weight_decay=training["weight_decay"],
+                        mask=lambda tree: jax.tree.map(lambda value: value.ndim >= 2, tree))
+    if optimizer.get("name", "adamw") == "adamw":
+        return optax.chain(optax.clip_by_global_norm(training["max_grad_norm"]), adamw)
+    muon_scale = optimizer.get("muon_learning_rate", training["learning_rate"]) / training["learning_rate"]
+    muon = optax.chain(scale_by_muon(optimizer.get("momentum", 0.95)),
+                       optax.add_decayed_weights(training["weight_decay"]),
+                       optax.scale_by_learning_rate(lambda step: muon_scale * schedule(step)))
+    labels = jax.tree_util.tree_map_with_path(lambda path, value: "muon" if is_hidden_matrix(path, value) else "adamw",
+                                              params)
+    return optax.chain(optax.clip_by_global_norm(training["max_grad_norm"]),
+                       optax.multi_transform({"muon": muon, "adamw": adamw}, labels))
 
 
 def load_balancing_loss(router_logits: list[jax.Array], num_experts: int, top_k: int) -> jax.Array:
@@ -117,7 +197,7 @@ def next_token_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 class FlaxTrainer:
     """Holds the split model (graph, parameters, other state), the optimizer state and the compiled steps."""
 
-    def __init__(self, model: FlaxMtlmForCausalLM, training: dict, mesh: Mesh):
+    def __init__(self, model: FlaxMtlmForCausalLM, training: dict, mesh: Mesh, optimizer: dict | None = None):
         self.mesh, self.training, self.config = mesh, training, model.config
         self.routes_experts = model.routes_experts  # then Mixtral's load-balancing loss is added
         self.seed = training.get("seed", 42)
@@ -125,7 +205,7 @@ class FlaxTrainer:
         self.params = jax.device_put(params, jax.tree.map(lambda value: parameter_sharding(mesh, value), params))
         self.rest = jax.device_put(self.rest, NamedSharding(mesh, P()))
         self.schedule = learning_rate_schedule(training)
-        self.optimizer = make_optimizer(training, self.params, self.schedule)
+        self.optimizer = make_optimizer(training, self.params, self.schedule, optimizer)
         self.opt_state = self.optimizer.init(self.params)
         self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
         self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1, 2))
@@ -237,7 +317,7 @@ def packed_rows(dataset) -> np.ndarray:
 
 def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict:
     """Run the training a validated run config describes with the Flax twin; returns the final trainer state."""
-    training = {**TRAINING_DEFAULTS, **run["training"]}
+    training = training_settings(run["training"])
     flax_options = run.get("flax") or {}
     if run["data"].get("source") == "arithmetic":
         raise UsageError("--backend flax trains on text (packed blocks); prompt/target data trains with the PyTorch "
@@ -245,9 +325,6 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     if run.get("early_stopping"):
         raise UsageError("--backend flax has no early stopping: drop the early_stopping section, or train with the "
                          "PyTorch backend.")
-    if run.get("optimizer", {}).get("name", "adamw") != "adamw":
-        raise UsageError(f"--backend flax trains with AdamW (optax): drop optimizer.name: "
-                         f"{run['optimizer']['name']}, or train with the PyTorch backend.")
     if not training.get("max_steps") or training["max_steps"] < 1:
         raise UsageError("--backend flax needs training.max_steps.")
     if training.get("gradient_accumulation_steps", 1) != 1:
@@ -272,7 +349,7 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     model = FlaxMtlmForCausalLM.from_config(config, seed=seed, **options)
     if init_from:
         model.load_state_dict(read_safetensors(Path(init_from)))
-    trainer = FlaxTrainer(model, training, mesh)
+    trainer = FlaxTrainer(model, training, mesh, run.get("optimizer"))
 
     state = {"global_step": 0, "max_steps": training["max_steps"], "log_history": [], "total_flos": 0.0,
              "num_input_tokens_seen": 0, "train_batch_size": global_batch,
