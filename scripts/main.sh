@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, set-up included (scripts/setup.sh): train a small mtlm_llama on the bundled Tiny Shakespeare
-# (configs/shakespeare-char.yaml, 6-14 minutes on 2 CPU cores, by the CPU), then generate from it.
+# (mtlm/configs/shakespeare-char.yaml, about 5 minutes on 2 CPU cores), then generate from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
