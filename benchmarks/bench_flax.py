@@ -6,6 +6,7 @@ evaluation or checkpoints. Throughput is counted in steady state, from step `--s
 
     python benchmarks/bench_flax.py                                   # shakespeare-char, 200 steps
     python benchmarks/bench_flax.py tlm-transformer --steps 100
+    python benchmarks/bench_flax.py --set optimizer.name=adamw --set training.torch_compile=false
 """
 
 import argparse
@@ -27,8 +28,8 @@ class StepClock(TrainerCallback):
         self.times[state.global_step] = time.perf_counter()
 
 
-def settings(path: str | None, steps: int, skip: int, output_dir: str) -> dict:
-    return run_config.load(path, [f"training.max_steps={steps}", "training.eval_strategy=no",
+def settings(path: str | None, overrides: list[str], steps: int, skip: int, output_dir: str) -> dict:
+    return run_config.load(path, [*overrides, f"training.max_steps={steps}", "training.eval_strategy=no",
                                   "training.save_strategy=no", f"training.output_dir={output_dir}",
                                   f"training.logging_steps={skip}", "training.disable_tqdm=true"])
 
@@ -58,12 +59,14 @@ def main() -> None:
     parser.add_argument("config", nargs="?", help="run config: a YAML file or a bundled name (default: shakespeare-char)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--skip", type=int, default=20, help="steps left out of the count (warm-up, compilation)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a run-config value for both backends, as mtlm train --set does")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        torch_rate, torch_loss = torch_tokens_per_second(settings(args.config, args.steps, args.skip, f"{scratch}/torch"),
-                                                         args.skip)
-        flax_rate, flax_loss = flax_tokens_per_second(settings(args.config, args.steps, args.skip, f"{scratch}/flax"),
-                                                      args.skip)
+        torch_rate, torch_loss = torch_tokens_per_second(
+            settings(args.config, args.set, args.steps, args.skip, f"{scratch}/torch"), args.skip)
+        flax_rate, flax_loss = flax_tokens_per_second(
+            settings(args.config, args.set, args.steps, args.skip, f"{scratch}/flax"), args.skip)
     print(f"\n| backend | tokens/s (steps {args.skip + 1}-{args.steps}) | mean loss of the last {args.skip} steps |")
     print("|---|---:|---:|")
     print(f"| PyTorch Trainer | {torch_rate:,.0f} | {torch_loss:.4f} |")
