@@ -57,8 +57,8 @@ ARMS = {
 
 
 def run_arm(name: str, overrides: list[str], seed: int, work_dir: Path) -> dict:
-    run = run_config.load(None, [*BEFORE, *overrides, f"training.seed={seed}", f"training.output_dir={work_dir / name}-s{seed}",
-                                 "training.disable_tqdm=true"])
+    run = run_config.load(None, [*BEFORE, *overrides, f"training.seed={seed}",
+                                 f"training.output_dir={work_dir / name}-s{seed}", "training.disable_tqdm=true"])
     start = time.perf_counter()
     trainer = train(run, overwrite=True)
     wall = time.perf_counter() - start

@@ -40,8 +40,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
 from mtlm.convert import to_upstream
-from mtlm.training.reports import compiled_decoding
 from mtlm.training import run_config
+from mtlm.training.reports import compiled_decoding
 from mtlm.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -375,8 +375,8 @@ class Parser(argparse.ArgumentParser):
         raise CommandError(line, 2)
 
 
-COMPILED_DECODING_HELP = ("decode with a static KV cache and a torch.compiled step: the first generation compiles (seconds "
-                          "to a minute), later ones of the same length run ~1.6x faster per token on CPU")
+COMPILED_DECODING_HELP = ("decode with a static KV cache and a torch.compiled step: the first generation compiles "
+                          "(seconds to a minute), later ones of the same length run 1.4-1.6x faster per token on CPU")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ pytest.importorskip("optax")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from conftest import random_ids, tiny_config, tiny_model  # noqa: E402
 from test_remote_code import assert_loads_as_remote_code  # noqa: E402
 from test_training import tiny_run  # noqa: E402

@@ -33,8 +33,8 @@ from mtlm import MtlmLlamaConfig, MtlmLlamaForCausalLM
 from mtlm.cli import main as mtlm_main
 from mtlm.data.tokenization import make_tokenizer
 from mtlm.evaluation.exact_match import greedy_answers
-from mtlm.training.reports import compiled_decoding
 from mtlm.modeling.mtlm_blocks import CACHE_NAME, auto_map, code_files
+from mtlm.training.reports import compiled_decoding
 
 pytestmark = pytest.mark.compat
 

@@ -4,7 +4,8 @@ The mesh has a `data` axis (batch split across devices, MTLM2's 1-D data mesh wh
 axis (batch split further, and each weight matrix sharded along its larger dimension). The train step is one
 jit-compiled function. The recipe is the PyTorch Trainer's: AdamW with decoupled weight decay on matrices only (or,
 with `optimizer.name: muon`, torch.optim.Muon's update on the layers' matrices), the Trainer's schedules (warm-up,
-then cosine to `min_lr_rate`·lr, linear, constant or warmup-stable-decay), gradient clipping; `bf16` computes in bfloat16 (float32 master
+then cosine to `min_lr_rate`·lr, linear, constant or warmup-stable-decay), gradient clipping; `bf16` computes in
+bfloat16 (float32 master
 weights), `gradient_checkpointing` rematerialises each layer. Checkpoints are the usual folders (safetensors in
 PyTorch names) plus the optimizer state, so a run resumes on the same loss curve and every folder loads in PyTorch.
 """
@@ -92,7 +93,8 @@ def learning_rate_schedule(training: dict) -> optax.Schedule:
 def warmup_stable_decay(peak: float, steps: int, warmup: int, num_decay_steps: int, num_stable_steps: int | None = None,
                         warmup_type: str = "linear", decay_type: str = "cosine", min_lr_ratio: float = 0.0,
                         num_cycles: float = 0.5) -> optax.Schedule:
-    """transformers' get_wsd_schedule: warm-up to `peak`, hold it, decay over `num_decay_steps` to min_lr_ratio·peak."""
+    """transformers' get_wsd_schedule: warm up to `peak`, hold it, then decay over `num_decay_steps` to
+    min_lr_ratio·peak."""
     stable = steps - warmup - num_decay_steps if num_stable_steps is None else num_stable_steps
     shapes = {"linear": lambda progress: progress, "1-sqrt": lambda progress: 1 - jnp.sqrt(1 - progress),
               "cosine": lambda progress: 0.5 * (1 - jnp.cos(jnp.pi * progress))}

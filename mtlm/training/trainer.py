@@ -327,8 +327,8 @@ def check_compiler(arguments: TrainingArguments) -> None:
         cpp_builder.get_cpp_compiler()
     except exc.InvalidCxxCompiler:
         raise UsageError("training.torch_compile: true on the CPU needs a C++ compiler (g++ or clang++), and none is "
-                         "found: install one (apt install g++), point CXX at one, or --set training.torch_compile=false "
-                         "(the same training, about 1.25x slower).") from None
+                         "found: install one (apt install g++), point CXX at one, or "
+                         "--set training.torch_compile=false (the same training, about 1.25x slower).") from None
 
 
 def train(run: dict, overwrite: bool = False, resume: bool = False, sample_prompt: str | None = None,
