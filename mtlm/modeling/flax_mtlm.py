@@ -62,6 +62,13 @@ def residual_std(config) -> float:
     return config.initializer_range
 
 
+def project(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """x: (..., in), weight: (out, in) -> x @ weight.T: (..., out) in x's dtype."""
+    # as one 2-D matmul: XLA's CPU backward of the 3-D one (batch and sequence contracted together) is ~1.4x slower
+    flat = x.reshape(-1, x.shape[-1]) @ weight.astype(x.dtype).T
+    return flat.reshape(*x.shape[:-1], weight.shape[0])
+
+
 class Linear(nnx.Module):
     """x @ weight.T + bias, with weight (out, in) as in torch.nn.Linear."""
 
@@ -72,7 +79,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (..., in) -> (..., out), computed in x's dtype."""
-        y = x @ self.weight[...].astype(x.dtype).T
+        y = project(x, self.weight[...])
         return y + self.bias[...].astype(x.dtype) if self.bias is not None else y
 
 
@@ -371,7 +378,7 @@ class FlaxMtlmForCausalLM(nnx.Module):
             new_values.append(values)
         hidden = backbone.norm(hidden)
         head = backbone.embed_tokens.weight[...] if self.config.tie_word_embeddings else self.lm_head.weight[...]
-        logits = (hidden @ head.astype(hidden.dtype).T).astype(jnp.float32)
+        logits = project(hidden, head).astype(jnp.float32)
         if cache is not None:
             cache = KVCache(jnp.stack(new_keys), jnp.stack(new_values), key_mask, start + seq)
         return FlaxCausalLMOutput(logits=logits, cache=cache)
