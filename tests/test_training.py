@@ -285,34 +285,49 @@ def test_chat_reads_prompts_and_temperature_until_quit(tmp_path):
     assert "First" in result.stdout
 
 
-def test_two_process_data_parallel_training_matches_one_process(tmp_path):
-    import os
+def readme_launch_commands() -> list[str]:
+    """The data-parallel commands of the README's code blocks, as written (comments dropped)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", readme, re.S)
+             for line in block.splitlines()]
+    return [line for line in lines if line.startswith(("torchrun ", "accelerate launch "))]
+
+
+def test_each_readme_launch_command_trains_on_two_processes_like_one(tmp_path):
     import subprocess
     import sys
 
-    def run_with(processes: int, per_device: int) -> Path:
-        folder = tmp_path / f"p{processes}"
-        folder.mkdir()
-        # Sequential order, so that both runs see the same examples in every global batch.
-        run = tiny_run(folder, training={"max_steps": 6, "per_device_train_batch_size": per_device, "seed": 3,
-                                         "save_strategy": "no", "train_sampling_strategy": "sequential"})
-        config = write_config(folder, run)
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                   "--master_port", str(29500 + processes), "-m", "mtlm.cli", "train", str(config)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=folder)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return folder / "run"
+    commands = readme_launch_commands()
+    assert {command.split()[0] for command in commands} == {"torchrun", "accelerate"}
 
-    single, double = run_with(1, 8), run_with(2, 4)  # the same global batch of 8
-    one = AutoModelForCausalLM.from_pretrained(single)
-    two = AutoModelForCausalLM.from_pretrained(double)
+    def tiny(folder: Path, per_device: int) -> dict:
+        # Sequential order, so that both runs see the same examples in every global batch.
+        return tiny_run(folder, training={"max_steps": 6, "per_device_train_batch_size": per_device, "seed": 3,
+                                          "save_strategy": "no", "train_sampling_strategy": "sequential"})
+
+    single = train(run_config.validate(tiny(tmp_path / "single", 8)))
+    one = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "run")
     ids = torch.arange(3, 40).reshape(1, -1) % one.config.vocab_size
     with torch.no_grad():
         reference = one(ids).logits
-        torch.testing.assert_close(two(ids).logits, reference, rtol=0, atol=1e-4)
-    initial = AutoModelForCausalLM.from_config(one.config)
-    assert (one(ids).logits - initial(ids).logits).abs().max() > 1e-2, "training changed nothing"
+        assert (reference - AutoModelForCausalLM.from_config(one.config)(ids).logits).abs().max() > 1e-2
+    # the launchers as installed beside this interpreter, as a user's shell finds them in an activated environment
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for index, command in enumerate(commands):  # one after the other: both launchers take port 29500
+        folder = tmp_path / f"launched-{index}"
+        folder.mkdir()
+        config = write_config(folder, tiny(folder, 4))  # 2 processes x 4: the same global batch of 8
+        argv = [str(config) if word == "shakespeare-char" else word for word in command.split()]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, cwd=folder)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        assert "mtlm: 2 processes x 4 sequences x 1 accumulation = 8 sequences per step" in result.stdout, command
+
+        state = json.loads((folder / "run" / "trainer_state.json").read_text())
+        assert state["stateful_callbacks"]["TrainingEnvironment"]["args"]["processes"] == 2, command
+        assert state["num_input_tokens_seen"] == single.state.num_input_tokens_seen == 6 * 8 * 32, command
+        with torch.no_grad():
+            logits = AutoModelForCausalLM.from_pretrained(folder / "run")(ids).logits
+        torch.testing.assert_close(logits, reference, rtol=0, atol=1e-4, msg=command)
 
 
 def test_resume_continues_on_the_same_loss_curve(tmp_path):

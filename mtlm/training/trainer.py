@@ -18,6 +18,7 @@ import transformers
 from accelerate import PartialState
 from torch.utils.data import WeightedRandomSampler
 from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback, TrackioCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
@@ -266,6 +267,30 @@ class TrainingEnvironment(TrainerCallback, ExportableState):
                 "attributes": {}}
 
 
+class RunStart(TrainerCallback):
+    """Says as training starts, on the main process, how many processes share each step (so that a launcher that
+    started fewer than asked is seen at once) and where the experiment trackers write."""
+
+    def __init__(self, callbacks: list[TrainerCallback]):
+        self.callbacks = callbacks  # the Trainer's own list: its reporters open their logs before this runs
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        processes = PartialState().num_processes
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+        print(f"mtlm: {processes} process{'es' if processes > 1 else ''} x {args.per_device_train_batch_size} "
+              f"sequences x {args.gradient_accumulation_steps} accumulation = {per_step} sequences per step")
+        for callback in self.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir:
+                print(f"mtlm: TensorBoard logs in {callback.logging_dir} (tensorboard --logdir {callback.logging_dir})")
+            elif isinstance(callback, TrackioCallback):
+                from trackio.utils import TRACKIO_DIR
+
+                print(f"mtlm: trackio logs in {TRACKIO_DIR}, project {args.project!r} "
+                      f"(trackio show --project {args.project})")
+
+
 def describe_hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
@@ -395,6 +420,7 @@ def train(run: dict, overwrite: bool = False, resume: bool = False, sample_promp
             callbacks=[EvaluationExtras(tokenizer, validation_rows, sample_prompt), TrainingEnvironment(),
                        RunFolderSaved(folder), *early_stopping(run), *callbacks],
         )
+        trainer.add_callback(RunStart(trainer.callback_handler.callbacks))
         if stages:
             trainer.add_callback(GrowthSchedule(stages, lambda grown: set(trainer.get_decay_parameter_names(grown))))
         try:
