@@ -2,6 +2,9 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+TRACK = ["tensorboard>=2.14", "trackio>=0.40"]  # report_to: both log locally, with no account or network
+EXPORT = ["gguf>=0.17", "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]  # mtlm export --gguf / --onnx
+
 setup(
     name="mtlm",
     version="0.2.0",
@@ -30,7 +33,9 @@ setup(
     ],
     extras_require={
         "eval": ["lm-eval>=0.4.13,<0.4.14"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "lm-eval>=0.4.13,<0.4.14"],
+        "track": TRACK,
+        "export": EXPORT,
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "lm-eval>=0.4.13,<0.4.14", *TRACK, *EXPORT],
         "flax": ["jax>=0.9.0,<0.11", "flax>=0.12.6,<0.13", "optax>=0.2.6,<0.3"],
         "cuda": ["flash-attn>=2.6"],
     },

@@ -523,3 +523,39 @@ def test_a_run_with_a_chunked_loss_follows_the_plain_runs_losses(tmp_path):
         losses.append([entry.get("loss", entry.get("eval_loss")) for entry in trainer.state.log_history
                        if "loss" in entry or "eval_loss" in entry])
     assert len(losses[0]) == 8 and losses[1] == pytest.approx(losses[0], abs=1e-4)  # 6 steps, 2 evaluations
+
+
+def test_tensorboard_and_trackio_log_locally_where_mtlm_train_says(tmp_path):
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path, tiny_run(tmp_path, training={"max_steps": 4, "logging_steps": 1,
+                                                                 "report_to": ["tensorboard", "trackio"]}))
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "mtlm.cli", "train", str(config)], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    tensorboard_dir = re.search(r"mtlm: TensorBoard logs in (\S+)", result.stdout).group(1)
+    events = EventAccumulator(str(tmp_path / tensorboard_dir))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+    assert f"mtlm: trackio logs in {tmp_path / 'trackio'}, project 'huggingface'" in result.stdout
+    read_back = ("from trackio.sqlite_storage import SQLiteStorage; "
+                 "print(sum('train/loss' in entry for entry in SQLiteStorage.get_logs('huggingface', 'run')))")
+    logged = subprocess.run([sys.executable, "-c", read_back], capture_output=True, text=True, env=env, check=True)
+    assert logged.stdout.strip() == "4"  # one run, named after the output folder, with every step's loss
+
+
+def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "trackio" else
+                        real_find_spec(name, *args))
+    with pytest.raises(UsageError, match=r"report_to names trackio.*pip install 'mtlm\[track\]'"):
+        train(run_config.validate(tiny_run(tmp_path, training={"report_to": ["trackio"]})))
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """The training recipe where a run config is silent (both backends, and the model card's description of a run)."""
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -29,6 +30,9 @@ def training_settings(training: dict) -> dict:
     the run (0 < lr_scheduler_kwargs.num_decay_steps < 1), as warmup_steps may: it becomes a step count here, so that
     `--set training.max_steps=N` keeps a cooldown at the end."""
     settings = {**TRAINING_DEFAULTS, **training}
+    if settings.get("output_dir") and not settings.get("run_name"):
+        # the trackers' name for the run; the same name after training lets the final evaluation join its run
+        settings["run_name"] = Path(settings["output_dir"]).name
     options = settings.get("lr_scheduler_kwargs") or {}
     decay = options.get("num_decay_steps")
     if settings.get("lr_scheduler_type") == "warmup_stable_decay" and isinstance(decay, float) and 0 < decay < 1:

@@ -6,6 +6,7 @@ tokenizer, generation config), with the resolved run config beside it. Every che
 all.
 """
 
+import importlib.util
 import math
 import os
 import platform
@@ -333,12 +334,21 @@ class RunFolderSaved(TrainerCallback):
             self.folder.saved()
 
 
+# experiment trackers that log locally with no account, the module each needs, and the extra that carries it
+LOCAL_TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}
+
+
 def training_arguments(training: dict) -> TrainingArguments:
     """The Trainer's arguments; a value TrainingArguments refuses is named as a run-config mistake."""
     try:
-        return TrainingArguments(**training)
+        arguments = TrainingArguments(**training)
     except ValueError as error:
         raise UsageError(f"The training section does not work as TrainingArguments: {error}") from None
+    for tracker in arguments.report_to:
+        if tracker in LOCAL_TRACKERS and importlib.util.find_spec(LOCAL_TRACKERS[tracker]) is None:
+            raise UsageError(f"training.report_to names {tracker}, which is not installed: pip install "
+                             f"'mtlm[track]' (or {LOCAL_TRACKERS[tracker]}), or drop it from report_to.")
+    return arguments
 
 
 def check_compiler(arguments: TrainingArguments) -> None:
