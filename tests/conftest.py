@@ -77,9 +77,19 @@ else:
 """
 
 
-def run_without_mtlm(script: str, *arguments: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_without_mtlm(script: str, *arguments: str, tmp_path: Path,
+                     keep_stdin_open: bool = False) -> subprocess.CompletedProcess:
     """Run a Python `script` with `arguments` in a fresh process, offline, where mtlm cannot be imported, with a
-    remote-code module cache of its own."""
+    remote-code module cache of its own. With `keep_stdin_open` its stdin is a pipe nobody writes to or closes, as
+    a terminal nobody types into: a prompt there waits instead of reading end-of-file."""
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-c", WITHOUT_MTLM + script, *arguments], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-c", WITHOUT_MTLM + script, *arguments]
+    if not keep_stdin_open:
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr, \
+            subprocess.Popen(command, cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
+                             text=True) as process:
+        returncode = process.wait(timeout=600)
+        stdout.seek(0)
+        stderr.seek(0)
+        return subprocess.CompletedProcess(command, returncode, stdout.read(), stderr.read())

@@ -87,3 +87,34 @@ def test_checkpoints_written_by_mtlm_0_2_0_load_as_remote_code_with_the_same_log
     class_name = FAMILIES[family].causal_lm_class.__name__
     assert assert_loads_as_remote_code(folder, expected["input_ids"], expected["logits"], tmp_path,
                                        atol=FIXTURE_ATOL) == class_name
+
+
+TOKENIZER_SCRIPT = r"""
+import os, sys, time
+from transformers import AutoTokenizer
+
+start = time.perf_counter()
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=False)
+print("ids", tokenizer(sys.argv[2])["input_ids"])
+print("seconds", time.perf_counter() - start)
+print("custom code", os.path.exists(os.path.join(os.environ["HF_MODULES_CACHE"], "transformers_modules")))
+"""
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe", "word", "arithmetic"])
+def test_tokenizers_load_with_no_question_and_no_custom_code_without_mtlm(kind, tmp_path):
+    from mtlm.data.tokenization import make_tokenizer
+
+    text = "To be, or not to be: that is the question. 0123456789+=\n" * 20
+    tokenizer = make_tokenizer(kind, [text], vocab_size=300, max_vocab=40)
+    folder = tmp_path / "checkpoint"
+    tiny_model("mtlm_llama", vocab_size=len(tokenizer)).save_pretrained(folder)  # config.json names remote code
+    tokenizer.save_pretrained(folder)
+    assert "AutoConfig" in json.loads((folder / "config.json").read_text())["auto_map"]
+
+    sample = "12+3=15" if kind == "arithmetic" else "To be, or not to be: 12+3=15"
+    result = run_without_mtlm(TOKENIZER_SCRIPT, str(folder), sample, tmp_path=tmp_path, keep_stdin_open=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in result.stdout
+    assert "custom code False" in result.stdout
+    assert f"ids {tokenizer(sample)['input_ids']}" in result.stdout
