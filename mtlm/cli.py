@@ -324,6 +324,20 @@ def _card(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if args.gguf or args.onnx:
+        from .runtimes import TOLERANCE, export_gguf, export_onnx
+
+        for option in ("repo_id", "license"):
+            if getattr(args, option):
+                raise UsageError(f"--{option.replace('_', '-')} goes into a model card, which --gguf and --onnx "
+                                 "do not write: leave it out, or export the Hub folder without --gguf/--onnx.")
+
+        path, error = (export_gguf(args.checkpoint, args.out, args.gguf_type, overwrite=args.overwrite) if args.gguf
+                       else export_onnx(args.checkpoint, args.out, overwrite=args.overwrite))
+        checked = "transformers' GGUF reader" if args.gguf else "onnxruntime"
+        print(f"Wrote {path}: run with {checked}, its logits differ from the checkpoint's by at most {error:.2g} "
+              f"of their std (allowed: {TOLERANCE[args.gguf_type if args.gguf else 'onnx']:g}).")
+        return
     export_folder(args.checkpoint, args.out, native=args.native, repo_id=args.repo_id, license=args.license,
                   overwrite=args.overwrite)
     kind = "a plain transformers architecture (no remote code)" if args.native else "remote code"
@@ -606,11 +620,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a Hub-ready copy of a checkpoint: safetensors weights, config with auto_map and the code "
         "files, tokenizer, generation config, training records and the model card. --native writes the upstream "
         "class (LlamaForCausalLM, GPT2LMHeadModel, MixtralForCausalLM) so that no remote code is needed, or says "
-        "which option of the config prevents it.",
+        "which option of the config prevents it. --gguf and --onnx write a file for llama.cpp or onnxruntime instead, "
+        "checked against the checkpoint's logits before it is kept.",
     )
     export.add_argument("checkpoint", help="checkpoint folder")
     export.add_argument("out", help="folder to write (written whole, or not at all)")
-    export.add_argument("--native", action="store_true", help="write the upstream transformers architecture")
+    form = export.add_mutually_exclusive_group()
+    form.add_argument("--native", action="store_true", help="write the upstream transformers architecture")
+    form.add_argument("--gguf", action="store_true",
+                      help="write OUT/model-TYPE.gguf for llama.cpp (mtlm_llama, GPT-2-compatible mtlm_gpt), "
+                      "checked with transformers' GGUF reader (the export extra)")
+    form.add_argument("--onnx", action="store_true",
+                      help="write OUT/model.onnx (input_ids, attention_mask -> logits) with config and tokenizer, "
+                      "checked with onnxruntime (the export extra)")
+    export.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f32",
+                        help="weight type of the GGUF file (default: f32)")
     export.add_argument("--repo-id", help="Hub repository the card's usage snippet names")
     export.add_argument("--license", help="licence identifier for the card's metadata")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
