@@ -165,10 +165,9 @@ def write_gguf(model, tokenizer, path: Path, qtype: str) -> None:
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    if merges:
-        writer.add_token_merges(merges)
-    else:  # no merges: readers derive them from scores, and a vocabulary of single symbols implies none
-        writer.add_token_scores([0.0] * len(tokens))
+    # llama.cpp refuses a BPE vocabulary without the merges key, and GGUF has no empty array: a vocabulary of single
+    # bytes gets one empty merge, which pairs nothing (transformers' GGUF tokenizer reader cannot read it)
+    writer.add_token_merges(merges or [""])
     for role in ("bos", "eos", "pad", "unk"):
         token_id = getattr(tokenizer, f"{role}_token_id")
         if token_id is not None:

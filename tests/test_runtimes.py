@@ -53,15 +53,37 @@ def test_gguf_reads_back_in_transformers_with_the_checkpoint_logits(tmp_path, fa
     assert reported <= TOLERANCE[qtype]
 
 
-@pytest.mark.parametrize("kind", ["char", "byte", "bpe", "arithmetic"])
-def test_the_tokenizer_inside_the_gguf_file_gives_the_same_ids(tmp_path, kind):
-    folder, _, tokenizer = checkpoint(tmp_path, kind=kind, attention_bias=False)
+def test_a_bpe_tokenizer_inside_the_gguf_file_gives_the_same_ids_in_transformers(tmp_path):
+    folder, _, tokenizer = checkpoint(tmp_path, kind="bpe", attention_bias=False)
     path, _ = export_gguf(folder, tmp_path / "gguf")
     from_gguf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    # characters of the vocabulary: one outside it is <unk> in a char tokenizer, and dropped by a byte-level one
-    sample = "12+3=15" if kind == "arithmetic" else "ROMEO:\nTo be, or not to be."
+    sample = "ROMEO:\nTo be, or not to be, Ünïcödé!"
     assert from_gguf(sample)["input_ids"] == tokenizer(sample)["input_ids"]
     assert from_gguf.decode(tokenizer(sample)["input_ids"]) == sample
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "arithmetic"])
+def test_a_vocabulary_of_single_bytes_is_written_as_llama_cpp_reads_it(tmp_path, kind):
+    from gguf import GGUFReader
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder, _, tokenizer = checkpoint(tmp_path, kind=kind, attention_bias=False)
+    path, _ = export_gguf(folder, tmp_path / "gguf")
+    fields = GGUFReader(path).fields
+
+    def strings(key):
+        field = fields[key]
+        return [bytes(field.parts[index]).decode("utf-8") for index in field.data]
+
+    spelled = {character: symbol for byte, symbol in bytes_to_unicode().items() for character in [chr(byte)]}
+    vocabulary = tokenizer.get_vocab()
+    tokens = strings("tokenizer.ggml.tokens")
+    assert len(tokens) == len(vocabulary)
+    for token, index in vocabulary.items():  # each id keeps its token, spelled as GPT-2's byte alphabet spells it
+        expected = token if token in tokenizer.all_special_tokens or kind == "byte" else spelled[token]
+        assert tokens[index] == expected, token
+    assert strings("tokenizer.ggml.merges") == [""]  # the key llama.cpp requires, pairing nothing
+    assert strings("tokenizer.ggml.model") == ["gpt2"]
 
 
 @pytest.mark.parametrize("family, overrides, kind, named", [

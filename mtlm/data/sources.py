@@ -14,7 +14,7 @@ TINY_SHAKESPEARE = Path(__file__).parent / "corpora" / "tinyshakespeare.txt"
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def _pieces(text: str, size: int = 1 << 16) -> list[str]:
+def line_pieces(text: str, size: int = 1 << 16) -> list[str]:
     """`text` cut after the first line break past every `size` characters: rows large enough that tokenizing them
     is bound by the Rust tokenizer, and many enough to share among workers."""
     pieces, start = [], 0
@@ -39,7 +39,7 @@ def contiguous_splits(path: str | os.PathLike, fractions: dict[str, float]) -> D
         cumulative += fraction
         end = length if abs(cumulative - 1.0) < 1e-9 else int(cumulative * length)
         splits[name] = document.map(
-            lambda batch, start=start, end=end: {"text": [p for text in batch["text"] for p in _pieces(text[start:end])]},
+            lambda batch, start=start, end=end: {"text": [p for text in batch["text"] for p in line_pieces(text[start:end])]},
             batched=True,
             desc=f"{name} characters {start:,}-{end:,}",
         )

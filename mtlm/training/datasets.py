@@ -3,10 +3,11 @@ the run's tokenizer (packed blocks of text, or prompt/target rows)."""
 
 from pathlib import Path
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
 from ..data import arithmetic
 from ..data.processing import pack, tokenize, tokenize_prompt_target
+from ..data.shards import sample_text, shard_splits, token_store
 from ..data.sources import TINY_SHAKESPEARE, contiguous_splits, load_hub_dataset, load_local_files
 
 
@@ -18,6 +19,8 @@ def load_texts(data: dict) -> DatasetDict:
         return contiguous_splits(path, data.get("splits") or {"train": 0.9, "validation": 0.1})
     if source == "files":
         return load_local_files(data["files"])
+    if source == "shards":  # the text a learned vocabulary is trained on; the corpus itself is read by build_datasets
+        return DatasetDict({"train": Dataset.from_dict({"text": sample_text(data["path"])})})
     if source == "hub":
         return load_hub_dataset(data["name"], data.get("config"), data.get("splits"))
     settings = dict(data.get("arithmetic") or {})
@@ -31,8 +34,13 @@ def load_texts(data: dict) -> DatasetDict:
     return arithmetic.load_splits(folder)
 
 
-def build_datasets(data: dict, texts: DatasetDict, tokenizer) -> DatasetDict:
+def build_datasets(data: dict, texts: DatasetDict, tokenizer) -> dict:
+    """The training examples of each split: packed blocks of a corpus, or prompt/target rows."""
     num_proc = data.get("num_proc")
+    if data.get("source") == "shards":
+        store = token_store(data["path"], tokenizer, num_proc, data.get("cache_dir"))
+        return shard_splits(store, data.get("splits") or {"train": 0.99, "validation": 0.01},
+                            data.get("block_size", 128))
     if data.get("source") == "arithmetic":
         return DatasetDict({split: tokenize_prompt_target(texts[split], tokenizer, num_proc=num_proc)
                             for split in texts})

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
+from transformers import TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..errors import UsageError
@@ -30,6 +31,7 @@ from ..families import family_of
 from ..files import read_json, staged
 from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
 from . import run_config
+from ..data.shards import TokenBlocks
 from .datasets import build_datasets, load_texts
 from .defaults import training_settings
 from .model import build_model_config
@@ -297,14 +299,14 @@ def batches(rows: np.ndarray, batch_size: int, seed: int, start_step: int, steps
         epoch, position = divmod(step, per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, np.random.default_rng(seed + epoch).permutation(len(rows))
-        block = rows[order[position * batch_size : (position + 1) * batch_size]]
+        block = rows[np.sort(order[position * batch_size : (position + 1) * batch_size])].astype(np.int32)
         yield {"input_ids": block, "attention_mask": np.ones_like(block), "labels": block}
 
 
 def evaluation_batches(rows: np.ndarray, batch_size: int):
     """Whole batches of the validation blocks (a ragged last batch is padded with ignored rows)."""
     for start in range(0, len(rows), batch_size):
-        block = rows[start : start + batch_size]
+        block = np.asarray(rows[start : start + batch_size], dtype=np.int32)
         labels = block.copy()
         if len(block) < batch_size:
             padding = batch_size - len(block)
@@ -314,12 +316,16 @@ def evaluation_batches(rows: np.ndarray, batch_size: int):
 
 
 def packed_rows(dataset) -> np.ndarray:
+    """The packed blocks as a (blocks, block_size) array: a memory map for a token store (read as indexed)."""
+    if isinstance(dataset, TokenBlocks):
+        return dataset.rows()
     return np.asarray(dataset.with_format("numpy")["input_ids"], dtype=np.int32)
 
 
 def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict:
     """Run the training a validated run config describes with the Flax twin; returns the final trainer state."""
-    training = training_settings(run["training"])
+    # the Trainer's own default where the run config and mtlm's recipe are silent, as the PyTorch backend has it
+    training = {"learning_rate": TrainingArguments.learning_rate, **training_settings(run["training"])}
     flax_options = run.get("flax") or {}
     if run["data"].get("source") == "arithmetic":
         raise UsageError("--backend flax trains on text (packed blocks); prompt/target data trains with the PyTorch "

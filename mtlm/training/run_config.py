@@ -16,6 +16,7 @@ import yaml
 from transformers import AutoConfig, TrainingArguments
 
 from ..configuration.presets import PRESETS, preset_config
+from ..data.shards import shard_files
 from ..errors import UsageError
 from ..families import FAMILIES
 from ..files import atomic_file, read_checkpoint_config
@@ -31,8 +32,8 @@ TOKENIZER_KEYS = {"kind": str, "vocab_size": int, "max_vocab": int, "path": str,
 TOKENIZER_KINDS = {"arithmetic", "byte", "byte_chunks", "char", "bpe", "word", "pretrained"}
 DATA_KEYS = {"source": str, "path": str, "files": dict[str, str | list[str]], "splits": dict[str, float] | list[str],
              "name": str, "config": str | None, "block_size": int, "num_proc": int | None, "arithmetic": dict,
-             "random_position_offsets": bool, "balance_layouts": int | float}
-DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic"}
+             "random_position_offsets": bool, "balance_layouts": int | float, "cache_dir": str}
+DATA_SOURCES = {"tinyshakespeare", "text", "files", "hub", "arithmetic", "shards"}
 ARITHMETIC_KEYS = {"out_dir": str, "n_samples": int, "N": int, "A": int, "B": int, "ops": str | list[str],
                    "seed": int, "reverse": bool, "division": str, "scratchpad": bool}
 FLAX_KEYS = {"data_parallel": int | None, "fsdp": int}  # the device mesh of --backend flax
@@ -217,6 +218,13 @@ def validate(run: dict) -> dict:
         raise UsageError(f"tokenizer.kind = {run['tokenizer']['kind']!r}; choose one of {sorted(TOKENIZER_KINDS)}.")
     if run["data"].get("source", "tinyshakespeare") not in DATA_SOURCES:
         raise UsageError(f"data.source = {run['data']['source']!r}; choose one of {sorted(DATA_SOURCES)}.")
+    if run["data"].get("source") == "shards":
+        if "path" not in run["data"]:
+            raise UsageError("data.source: shards needs data.path, the folder of .txt, .jsonl or .parquet shards.")
+        shard_files(run["data"]["path"])  # a folder with no readable shard, or mixed formats, is refused now
+    elif "cache_dir" in run["data"]:
+        raise UsageError("data.cache_dir is where data.source: shards keeps its token file; other sources use "
+                         "datasets' cache. Drop the key.")
     balance = run["data"].get("balance_layouts")
     if balance is not None:
         if run["data"].get("source") != "arithmetic":

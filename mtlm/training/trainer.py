@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..data.arithmetic import layout_weights
 from ..data.processing import RandomPositionOffsets, check_block_size, collator
+from ..data.shards import ShuffledBlocks, TokenBlocks
 from ..errors import UsageError
 from ..evaluation.exact_match import continuation, exact_match, greedy_answers, read_answer
 from ..files import staged, staging_path
@@ -76,6 +77,9 @@ class MtlmTrainer(Trainer):
         return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, TokenBlocks) and self.args.train_sampling_strategy == "random":
+            return ShuffledBlocks(len(dataset))
         if self.train_sample_weights is None:
             return super()._get_train_sampler(train_dataset)
         # An epoch is still len(dataset) draws, so max_steps, epochs and the FLOPs count mean what they did.
