@@ -77,7 +77,7 @@ def gguf_vocabulary(tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     special = set(tokenizer.all_special_tokens)
     byte_level = "ByteLevel" in tokenizer.backend_tokenizer.to_str()
-    if model["type"] != "BPE" and model["type"] != "WordLevel":
+    if model["type"] not in ("BPE", "WordLevel"):
         raise UsageError(f"--gguf: a {model['type']} tokenizer has no GGUF form.")
     vocab = {**model["vocab"], **{token: index for token, index in tokenizer.get_added_vocab().items()}}
     if sorted(vocab.values()) != list(range(len(vocab))):
@@ -134,14 +134,14 @@ def gguf_tensors(architecture: str, upstream, qtype: str):
             yield name, gguf.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
 
 
-def write_gguf(model, tokenizer, path: Path, qtype: str) -> None:
+def write_gguf(path: Path, name: str, architecture: str, upstream, tokenizer, qtype: str) -> None:
+    """The GGUF file of `upstream` (llama.cpp's `architecture`) with `tokenizer` inside, weights in `qtype`."""
     import gguf
 
-    architecture, upstream = llama_cpp_architecture(model)
     tokens, merges, types = gguf_vocabulary(tokenizer)
     config = upstream.config
     writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_name(Path(model.name_or_path).name or model.config.model_type)
+    writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[qtype])
     writer.add_block_count(config.num_hidden_layers)
@@ -208,14 +208,14 @@ def export_gguf(source: str | os.PathLike, destination: str | os.PathLike, qtype
     require_tokenizer(source)
     model = load_causal_lm(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    llama_cpp_architecture(model)
-    gguf_vocabulary(tokenizer)
+    architecture, upstream = llama_cpp_architecture(model)
+    gguf_vocabulary(tokenizer)  # refuses a vocabulary llama.cpp cannot reproduce, before anything is written
     ids = check_ids(model.config.vocab_size)
     with torch.no_grad():
         reference = model(ids).logits
     filename = f"model-{qtype}.gguf"
     with staged(destination, folder=True, overwrite=overwrite) as staging:
-        write_gguf(model, tokenizer, staging / filename, qtype)
+        write_gguf(staging / filename, source.resolve().name, architecture, upstream, tokenizer, qtype)
         loaded = AutoModelForCausalLM.from_pretrained(staging, gguf_file=filename, dtype=torch.float32).eval()
         with torch.no_grad():
             error = check_logits(f"GGUF {qtype}", loaded(ids).logits.numpy(), reference, TOLERANCE[qtype])
@@ -233,7 +233,8 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def export_onnx(source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False) -> tuple[Path, float]:
+def export_onnx(source: str | os.PathLike, destination: str | os.PathLike,
+                overwrite: bool = False) -> tuple[Path, float]:
     """Write `destination` with model.onnx (input_ids, attention_mask -> logits; batch and sequence dynamic), the
     config and the tokenizer, checked with onnxruntime; returns the file and its largest logit difference relative
     to the logits' std."""
@@ -246,7 +247,8 @@ def export_onnx(source: str | os.PathLike, destination: str | os.PathLike, overw
     require_tokenizer(source)
     if model_type == "mtlm_byte":
         raise UsageError("--onnx: mtlm_byte pools bytes into chunks whose number depends on the text, a shape "
-                         "torch.export cannot trace into an ONNX graph; run mtlm_byte with PyTorch (trust_remote_code).")
+                         "torch.export cannot trace into an ONNX graph; run mtlm_byte with PyTorch "
+                         "(trust_remote_code).")
     model = load_causal_lm(source).eval()
     model.config.use_cache = False
     if model._can_set_experts_implementation():

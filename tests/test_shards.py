@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from mtlm.data import shards
 from mtlm.data.shards import TokenBlocks, numpy_encoder, shard_files, shard_splits, token_store
