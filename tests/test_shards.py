@@ -234,3 +234,26 @@ def test_the_flax_trainer_reads_the_same_token_file(tmp_path):
     folder = write_shards(tmp_path / "corpus", "text", [TEXT])
     state = train_flax(run_config.validate(shard_run(tmp_path, folder, splits={"train": 0.8, "validation": 0.2})))
     assert state["global_step"] == 4 and state["num_input_tokens_seen"] == 4 * 8 * 64
+
+
+def test_two_processes_draw_the_same_shuffled_blocks_as_one(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = write_shards(tmp_path / "corpus", "text", [TEXT, TEXT[::-1]])
+    runs = {}
+    for processes, per_device in ((1, 8), (2, 4)):  # the same global batch, blocks in random order
+        run = shard_run(tmp_path / f"p{processes}", folder, block_size=32)
+        run["training"].update(per_device_train_batch_size=per_device, max_steps=6, seed=3)
+        run["data"]["cache_dir"] = str(tmp_path / "cache")
+        config = tmp_path / f"p{processes}.yaml"
+        config.write_text(json.dumps(run))
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port",
+                   str(29610 + processes), "-m", "mtlm.cli", "train", str(config)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[processes] = AutoModelForCausalLM.from_pretrained(tmp_path / f"p{processes}" / "run")
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(runs[2](ids).logits, runs[1](ids).logits, rtol=0, atol=1e-4)
