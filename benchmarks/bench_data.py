@@ -8,7 +8,9 @@ For each kind (char, byte, BPE-4k, the STLM 10M size) it times, on the same text
 - the tokenizer alone: `encode_batch_fast` over each shard in 64K-character pieces (the Rust tokenizer's own thread
   pool on every core), ids kept as numpy arrays and nothing written;
 - the pipeline: `mtlm.data.shards.token_store` with a fresh cache, worker processes on every core, ids written to
-  the token file (uint16), whole lines per piece, eos after every shard.
+  the token file (uint16), whole lines per piece, eos after every shard;
+- the path of the other sources (a single text file through `datasets.map`: tokenize, then pack into blocks of 1024),
+  on the first shard, num_proc 2, datasets' cache off.
 Results go to benchmarks/results/data.json; `--table` prints the README table from it without running anything.
 """
 
@@ -19,10 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 
+from mtlm.data.processing import pack, tokenize
 from mtlm.data.shards import token_store
-from mtlm.data.sources import TINY_SHAKESPEARE
+from mtlm.data.sources import TINY_SHAKESPEARE, contiguous_splits
 from mtlm.data.tokenization import bpe_tokenizer, byte_tokenizer, char_tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "data.json"
@@ -48,13 +52,25 @@ def pipeline(tokenizer, folder: Path, cache: Path) -> tuple[float, int]:
     return seconds, json.loads((store / "index.json").read_text())["tokens"]
 
 
+def datasets_path(tokenizer, files: list[Path], block_size: int = 1024) -> float:
+    """Seconds for the other sources' path (one file through `datasets.map`: tokenize, then pack), on the first
+    shard, num_proc 2, datasets' cache off; MB/s is computed on that shard's size."""
+    datasets.disable_caching()
+    text = contiguous_splits(files[0], {"train": 1.0})["train"]
+    start = time.perf_counter()
+    pack(tokenize(text, tokenizer, num_proc=2), block_size, num_proc=2)
+    return time.perf_counter() - start
+
+
 def table(results: dict) -> str:
     lines = [f"{results['megabytes']:.0f} MB in {results['shards']} shards, {results['cores']} cores:", "",
-             "| tokenizer | tokenizer alone (MB/s) | pipeline (MB/s) | pipeline / tokenizer | tokens |",
-             "|---|---:|---:|---:|---:|"]
+             "| tokenizer | tokenizer alone (MB/s) | shard pipeline (MB/s) | pipeline / tokenizer | "
+             "datasets.map path (MB/s) | tokens |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, row in results["kinds"].items():
         lines.append(f"| {name} | {row['tokenizer_mb_s']:.1f} | {row['pipeline_mb_s']:.1f} | "
-                     f"{row['pipeline_mb_s'] / row['tokenizer_mb_s']:.2f}x | {row['tokens']:,} |")
+                     f"{row['pipeline_mb_s'] / row['tokenizer_mb_s']:.2f}x | {row['datasets_mb_s']:.1f} | "
+                     f"{row['tokens']:,} |")
     return "\n".join(lines)
 
 
@@ -86,10 +102,12 @@ def main() -> None:
         for name, tokenizer in tokenizers.items():
             alone = tokenizer_alone(tokenizer, files)
             seconds, tokens = pipeline(tokenizer, folder, Path(scratch) / f"cache-{name}")
+            shard_megabytes = files[0].stat().st_size / 2**20
+            mapped = datasets_path(tokenizer, files)
             results["kinds"][name] = {"tokenizer_mb_s": megabytes / alone, "pipeline_mb_s": megabytes / seconds,
-                                      "tokens": tokens}
-            print(f"{name}: tokenizer alone {megabytes / alone:.1f} MB/s, pipeline {megabytes / seconds:.1f} MB/s",
-                  flush=True)
+                                      "datasets_mb_s": shard_megabytes / mapped, "tokens": tokens}
+            print(f"{name}: tokenizer alone {megabytes / alone:.1f} MB/s, pipeline {megabytes / seconds:.1f} MB/s, "
+                  f"datasets.map path {shard_megabytes / mapped:.1f} MB/s", flush=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print("\n" + table(results))
 

@@ -413,3 +413,15 @@ def test_a_word_tokenizer_numbers_its_ids_without_gaps_when_the_text_holds_unk_i
     encoded = tokenizer(corpus, add_special_tokens=False)["input_ids"]
     assert max(encoded) < len(tokenizer) and tokenizer.convert_ids_to_tokens(encoded[:3]) == ["the", "<unk>", "sat"]
     assert tokenizer.convert_tokens_to_ids(["<pad>", "<bos>", "<eos>", "<unk>"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("make", [lambda: char_tokenizer(["abc de\n"]), byte_tokenizer])
+def test_tokenize_decodes_bytes_and_characters_with_numpy_as_the_tokenizer_would(make):
+    tokenizer = make()
+    plain = ["abc de\nab", "ünïcödé ∑ unseen", ""]
+    spelled = [*plain, "spells <eos> in the text"]  # a batch with a special token's spelling goes to the tokenizer
+    for rows in (plain, spelled):
+        for with_eos in (False, True):
+            ids = tokenize(Dataset.from_dict({"text": rows}), tokenizer, append_eos=with_eos)["input_ids"]
+            eos = [tokenizer.eos_token_id] if with_eos else []
+            assert ids == [tokenizer(row, add_special_tokens=False)["input_ids"] + eos for row in rows]

@@ -14,6 +14,7 @@ from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from ..errors import UsageError
+from .shards import numpy_encoder
 from .sources import require_text
 
 
@@ -43,10 +44,16 @@ def _encodable(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
 
 
 def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, column: str, append_eos: bool) -> dict:
-    ids = _encode(tokenizer, batch[column])
+    texts = batch[column]
+    encode = numpy_encoder(tokenizer)  # one id per byte or character: numpy decodes it, no tokenizer call
+    specials = [token for token in tokenizer.all_special_tokens if token]
+    if encode is not None and not any(special in text for text in texts for special in specials):
+        ids = [encode(text).astype(np.int32) for text in texts]
+    else:
+        ids = [np.asarray(sequence, dtype=np.int32) for sequence in _encode(tokenizer, texts)]
     if append_eos:
-        ids = [sequence + [tokenizer.eos_token_id] for sequence in ids]
-    return {"input_ids": [np.asarray(sequence, dtype=np.int32) for sequence in ids]}
+        ids = [np.append(sequence, np.int32(tokenizer.eos_token_id)) for sequence in ids]
+    return {"input_ids": ids}
 
 
 def tokenize(
