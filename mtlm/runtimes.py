@@ -67,16 +67,18 @@ def llama_cpp_architecture(model) -> tuple[str, torch.nn.Module]:
     return "gpt2", upstream
 
 
-def gguf_vocabulary(tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str], list[int]]:
-    """The tokenizer as llama.cpp's byte-level BPE ("gpt2"): tokens in id order (bytes spelled with GPT-2's map),
-    merges, and token types; a UsageError for a tokenizer that has no such form."""
+def gguf_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str], list[str], list[int]]:
+    """The tokenizer as llama.cpp's byte-level BPE ("gpt2"): tokens in id order (bytes spelled with GPT-2's map;
+    ids the model has beyond the tokenizer's as unused [PADn] tokens, as llama.cpp's converter writes them), merges,
+    and token types; a UsageError for a tokenizer that has no such form."""
     import gguf
 
     if not tokenizer.is_fast:
         raise UsageError(f"--gguf: {type(tokenizer).__name__} is not a `tokenizers` tokenizer; it has no GGUF form.")
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     special = set(tokenizer.all_special_tokens)
-    byte_level = "ByteLevel" in tokenizer.backend_tokenizer.to_str()
+    pre_tokenizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    byte_level = pre_tokenizer.get("type") == "ByteLevel"
     if model["type"] not in ("BPE", "WordLevel"):
         raise UsageError(f"--gguf: a {model['type']} tokenizer has no GGUF form.")
     vocab = {**model["vocab"], **{token: index for token, index in tokenizer.get_added_vocab().items()}}
@@ -94,9 +96,13 @@ def gguf_vocabulary(tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list
                              "byte-level: llama.cpp's tokenizers cannot reproduce it. Byte, byte-level BPE and "
                              "character vocabularies of one-byte characters (ASCII) export; export this one with "
                              "--onnx.")
+    if len(tokens) > vocab_size:
+        raise UsageError(f"--gguf: the tokenizer has {len(tokens)} ids and the model {vocab_size}: they must agree.")
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
     types = [gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL for token in tokens]
-    return tokens, merges, types
+    padding = range(len(tokens), vocab_size)
+    return ([*tokens, *(f"[PAD{index}]" for index in padding)], merges,
+            [*types, *(gguf.TokenType.UNUSED for _ in padding)])
 
 
 def gguf_tensors(architecture: str, upstream, qtype: str):
@@ -138,8 +144,8 @@ def write_gguf(path: Path, name: str, architecture: str, upstream, tokenizer, qt
     """The GGUF file of `upstream` (llama.cpp's `architecture`) with `tokenizer` inside, weights in `qtype`."""
     import gguf
 
-    tokens, merges, types = gguf_vocabulary(tokenizer)
     config = upstream.config
+    tokens, merges, types = gguf_vocabulary(tokenizer, config.vocab_size)
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -173,12 +179,14 @@ def write_gguf(path: Path, name: str, architecture: str, upstream, tokenizer, qt
         if token_id is not None:
             getattr(writer, f"add_{role}_token_id")(token_id)
     writer.add_add_bos_token(False)  # mtlm's tokenizers add no tokens of their own
-    for name, data, raw_type in gguf_tensors(architecture, upstream, qtype):
-        writer.add_tensor(name, data, raw_dtype=raw_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        for name, data, raw_type in gguf_tensors(architecture, upstream, qtype):
+            writer.add_tensor(name, data, raw_dtype=raw_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
 
 
 def check_logits(name: str, logits: np.ndarray, reference: torch.Tensor, tolerance: float) -> float:
@@ -209,12 +217,15 @@ def export_gguf(source: str | os.PathLike, destination: str | os.PathLike, qtype
     model = load_causal_lm(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     architecture, upstream = llama_cpp_architecture(model)
-    gguf_vocabulary(tokenizer)  # refuses a vocabulary llama.cpp cannot reproduce, before anything is written
+    gguf_vocabulary(tokenizer, model.config.vocab_size)  # refuses what llama.cpp cannot reproduce, before writing
+    filename = f"model-{qtype}.gguf"
+    if (Path(destination) / filename).exists() and not overwrite:
+        raise FileExistsError(f"{Path(destination) / filename} exists: pass --overwrite to replace it.")
     ids = check_ids(model.config.vocab_size)
     with torch.no_grad():
         reference = model(ids).logits
-    filename = f"model-{qtype}.gguf"
-    with staged(destination, folder=True, overwrite=overwrite) as staging:
+    # merged into the folder: the files of the other types already there stay
+    with staged(destination, folder=True, merge=True) as staging:
         write_gguf(staging / filename, source.resolve().name, architecture, upstream, tokenizer, qtype)
         loaded = AutoModelForCausalLM.from_pretrained(staging, gguf_file=filename, dtype=torch.float32).eval()
         with torch.no_grad():

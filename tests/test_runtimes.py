@@ -158,3 +158,22 @@ def test_onnx_exports_the_tiny_lm_baselines_and_refuses_the_byte_model_by_name(t
     with pytest.raises(UsageError, match="mtlm_byte pools bytes into chunks"):
         export_onnx(folder, tmp_path / "byte-onnx")
     assert not (tmp_path / "byte-onnx").exists()
+
+
+def test_gguf_types_share_a_folder_and_a_model_vocabulary_larger_than_the_tokenizer_is_padded(tmp_path):
+    from gguf import GGUFReader
+
+    tokenizer = make_tokenizer("char", [TEXT])
+    folder = tmp_path / "padded"
+    model = tiny_model("mtlm_llama", vocab_size=len(tokenizer) + 5, attention_bias=False)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    export_gguf(folder, tmp_path / "gguf", "f32")
+    export_gguf(folder, tmp_path / "gguf", "q8_0")
+    assert {path.name for path in (tmp_path / "gguf").iterdir()} == {"model-f32.gguf", "model-q8_0.gguf"}
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_gguf(folder, tmp_path / "gguf", "f32")
+
+    field = GGUFReader(tmp_path / "gguf" / "model-f32.gguf").fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[index]).decode() for index in field.data]
+    assert len(tokens) == model.config.vocab_size and tokens[-5:] == [f"[PAD{len(tokenizer) + i}]" for i in range(5)]

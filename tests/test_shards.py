@@ -67,6 +67,16 @@ def test_the_token_file_holds_every_document_encoded_in_order(tmp_path, monkeypa
     assert index["tokens"] == len(ids)
 
 
+def test_jsonl_lines_are_split_at_line_feeds_only(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    document = "one\u2028two\u2029three\x85four"  # JSON may hold these raw; str.splitlines would cut there
+    (folder / "a.jsonl").write_text(json.dumps({"text": document}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    tokenizer = tokenizer_of("byte")
+    store = token_store(folder, tokenizer, num_proc=1, cache_dir=tmp_path / "cache")
+    assert np.fromfile(store / "tokens.bin", dtype=np.uint16).tolist() == expected_ids(tokenizer, "jsonl", [document])
+
+
 def test_numpy_decoding_is_used_for_bytes_and_characters_and_equals_the_tokenizer():
     for kind in ("byte", "char"):
         tokenizer = tokenizer_of(kind)
@@ -136,7 +146,8 @@ def test_bad_shard_folders_are_refused_by_name_before_any_work(tmp_path, layout,
 
 
 @pytest.mark.parametrize("name, content, problem", [
-    ("a.jsonl", '{"text": "fine"}\n{"body": "no text"}\n', "not a JSON object with a 'text' field"),
+    ("a.jsonl", '{"text": "fine"}\n{"body": "no text"}\n', "line 2 of that piece.*string 'text' field"),
+    ("a.jsonl", '{"text": null}\n', "not a JSON object with a string 'text' field"),
     ("a.txt", b"ok\n\xff\xfe bad\n", "is not UTF-8 text \\(byte 3\\)"),
 ])
 def test_unreadable_shards_are_named(tmp_path, name, content, problem):
@@ -220,11 +231,14 @@ def test_shuffled_blocks_are_a_permutation_fixed_by_the_seed():
 
     from mtlm.data.shards import ShuffledBlocks
 
-    torch.manual_seed(3)
-    first = list(ShuffledBlocks(200_003))
-    torch.manual_seed(3)
-    again = list(ShuffledBlocks(200_003))
+    first, again = list(ShuffledBlocks(200_003, seed=3)), list(ShuffledBlocks(200_003, seed=3))
     assert first == again and sorted(first) == list(range(200_003)) and first[:50] != list(range(50))
+    torch.manual_seed(0)  # the global generator plays no part: a resumed run draws the same order before its RNG loads
+    sampler = ShuffledBlocks(200_003, seed=3)
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    second_epoch = list(sampler)
+    assert second_epoch != first and sorted(second_epoch) == sorted(first)
 
 
 def test_the_flax_trainer_reads_the_same_token_file(tmp_path):
@@ -257,3 +271,18 @@ def test_two_processes_draw_the_same_shuffled_blocks_as_one(tmp_path):
     ids = torch.arange(3, 40)[None]
     with torch.no_grad():
         torch.testing.assert_close(runs[2](ids).logits, runs[1](ids).logits, rtol=0, atol=1e-4)
+
+
+def test_numpy_decoding_refuses_or_steps_aside_where_it_would_differ():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    no_unknown = Tokenizer(models.BPE({"a": 0, "b": 1}, merges=[]))
+    encode = numpy_encoder(PreTrainedTokenizerFast(tokenizer_object=no_unknown))
+    assert encode("abba").tolist() == [0, 1, 1, 0]
+    with pytest.raises(UsageError, match="cannot encode 'x'"):
+        encode("abx")
+
+    prefixed = make_tokenizer("byte")
+    prefixed.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)
+    assert numpy_encoder(prefixed) is None  # it adds a space the byte table would not

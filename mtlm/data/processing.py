@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from ..errors import UsageError
-from .shards import numpy_encoder
+from .shards import matched_whole, numpy_encoder
 from .sources import require_text
 
 
@@ -47,7 +47,7 @@ def _encodable(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
 def _tokenize_batch(batch: dict, tokenizer: PreTrainedTokenizerBase, column: str, append_eos: bool) -> dict:
     texts = batch[column]
     encode = numpy_encoder(tokenizer)  # one id per byte or character: numpy decodes it, no tokenizer call
-    specials = [token for token in tokenizer.all_special_tokens if token]
+    specials = matched_whole(tokenizer)
     if encode is not None and not any(special in text for text in texts for special in specials):
         ids = [encode(text).astype(np.int32) for text in texts]
     else:

@@ -67,17 +67,18 @@ def _pieces(files: list[Path], kind: str) -> list[tuple[str, int, int]]:
             for start in range(0, path.stat().st_size, PIECE_BYTES)]
 
 
-def _line_range(path: str, start: int, stop: int) -> bytes:
-    """The whole lines that begin in [start, stop) of the file (a line belongs to the piece its first byte is in)."""
+def _line_range(path: str, start: int, stop: int) -> tuple[int, bytes]:
+    """Where they begin, and the whole lines that begin in [start, stop) of the file (a line belongs to the piece its
+    first byte is in)."""
     with open(path, "rb") as handle:
         if start > 0:
             handle.seek(start - 1)
             handle.readline()  # the line that began before `start` belongs to the previous piece
         begin = handle.tell()
         if begin >= stop:
-            return b""
+            return begin, b""
         data = handle.read(stop - begin)
-        return data + (handle.readline() if not data.endswith(b"\n") else b"")
+        return begin, data + (handle.readline() if not data.endswith(b"\n") else b"")
 
 
 def _documents(piece: tuple[str, int, int], kind: str) -> Iterator[tuple[str, bool]]:
@@ -93,21 +94,24 @@ def _documents(piece: tuple[str, int, int], kind: str) -> Iterator[tuple[str, bo
         for text in table.column("text").to_pylist():
             yield text or "", True
         return
-    data = _line_range(path, start, stop)
+    begin, data = _line_range(path, start, stop)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UsageError(f"{path} is not UTF-8 text (byte {start + error.start:,}): convert it to UTF-8.") from None
+        raise UsageError(f"{path} is not UTF-8 text (byte {begin + error.start:,}): convert it to UTF-8.") from None
     if kind == "text":
         yield text, stop >= os.path.getsize(path)
         return
-    for number, line in enumerate(text.splitlines()):
+    for number, line in enumerate(text.split("\n")):  # JSON strings may hold U+2028 and the like raw: not splitlines
         if line.strip():
             try:
-                yield json.loads(line)["text"], True
+                document = json.loads(line)["text"]
             except (ValueError, KeyError, TypeError):
+                document = None
+            if not isinstance(document, str):
                 raise UsageError(f"{path}: a line in bytes {start:,}-{stop:,} (line {number + 1} of that piece) is "
-                                 f"not a JSON object with a 'text' field: {line[:80]!r}") from None
+                                 f"not a JSON object with a string 'text' field: {line[:80]!r}")
+            yield document, True
 
 
 def numpy_encoder(tokenizer) -> Callable[[str], np.ndarray] | None:
@@ -120,7 +124,7 @@ def numpy_encoder(tokenizer) -> Callable[[str], np.ndarray] | None:
     if model["type"] != "BPE" or model.get("merges") or structure.get("normalizer"):
         return None
     vocab, pre = model["vocab"], structure.get("pre_tokenizer")
-    if pre and pre.get("type") == "ByteLevel" and not pre.get("use_regex", True):
+    if pre and pre.get("type") == "ByteLevel" and not pre.get("use_regex", True) and not pre.get("add_prefix_space"):
         symbols = bytes_to_unicode()
         if not all(symbols[byte] in vocab for byte in range(256)):
             return None
@@ -143,12 +147,17 @@ def numpy_encoder(tokenizer) -> Callable[[str], np.ndarray] | None:
             known = codes < len(table)
             ids[known] = table[codes[known]]
         if unknown < 0 and (ids < 0).any():
-            bad = chr(codes[np.argmax(ids < 0)])
+            bad = text[int(np.argmax(ids < 0))]
             raise UsageError(f"The tokenizer cannot encode {bad!r}: it has no unknown token. Use a tokenizer built "
                              "for this corpus.")
         return ids
 
     return encode
+
+
+def matched_whole(tokenizer) -> list[str]:
+    """The tokens a tokenizer finds whole in text (special or added ones): text spelling one goes to the tokenizer."""
+    return [token for token in {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()} if token]
 
 
 _worker: dict = {}
@@ -157,7 +166,7 @@ _worker: dict = {}
 def _start_worker(tokenizer, kind: str, dtype: str, folder: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a forked worker must not start the Rust thread pool
     _worker.update(tokenizer=tokenizer, kind=kind, dtype=dtype, folder=folder, fast=numpy_encoder(tokenizer),
-                   specials=[token for token in tokenizer.all_special_tokens if token])
+                   specials=matched_whole(tokenizer))
 
 
 def _encode_piece(numbered: tuple[int, tuple[str, int, int]]) -> int:
@@ -288,18 +297,21 @@ class TokenBlocks(torch.utils.data.Dataset):
 
 
 class ShuffledBlocks(torch.utils.data.Sampler):
-    """Every block once per epoch, in a random order drawn from torch's global generator (as RandomSampler draws its
-    seed, so set_seed and a resumed run's restored RNG give the same order) and handed out in chunks: torch's
+    """Every block once per epoch, in an order fixed by the seed and the epoch (so that every data-parallel process,
+    and a run resumed inside an epoch, draws the same one; accelerate calls set_epoch), handed out in chunks: torch's
     RandomSampler turns the whole permutation into one Python list, 36 bytes a block, where this holds 4."""
 
-    def __init__(self, count: int):
-        self.count = count
+    def __init__(self, count: int, seed: int):
+        self.count, self.seed, self.epoch = count, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.count, generator=generator, dtype=torch.int32 if self.count < 2**31 else
                                torch.int64)
         for chunk in order.split(1 << 16):

@@ -341,16 +341,16 @@ def train_flax(run: dict, overwrite: bool = False, resume: bool = False) -> dict
     output_dir = Path(training["output_dir"])
     check_output_dir(output_dir, overwrite, resume)
     last = last_complete_checkpoint(output_dir, FLAX_CHECKPOINT_FILES) if resume else None
-    mesh = make_mesh(flax_options.get("data_parallel"), flax_options.get("fsdp", 1))
-    devices = mesh.devices.size
-    global_batch = training.get("per_device_train_batch_size", 8) * devices
-    eval_batch = training.get("per_device_eval_batch_size", 8) * devices
-
+    # The data first: a shard folder is tokenized by forked processes, which must not inherit JAX's threads.
     init_from = run["model"].get("init_from")
     texts = load_texts(run["data"])
     tokenizer = build_tokenizer(run["tokenizer"], texts, init_from)
     config = build_model_config(run["model"], tokenizer)
     datasets = build_datasets(run["data"], texts, tokenizer)
+    mesh = make_mesh(flax_options.get("data_parallel"), flax_options.get("fsdp", 1))
+    devices = mesh.devices.size
+    global_batch = training.get("per_device_train_batch_size", 8) * devices
+    eval_batch = training.get("per_device_eval_batch_size", 8) * devices
     options = {"dtype": jnp.bfloat16 if training.get("bf16") else jnp.float32,
                "remat": bool(training.get("gradient_checkpointing"))}
     seed = training.get("seed", 42)

@@ -79,7 +79,8 @@ class MtlmTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if isinstance(dataset, TokenBlocks) and self.args.train_sampling_strategy == "random":
-            return ShuffledBlocks(len(dataset))
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return ShuffledBlocks(len(dataset), seed)
         if self.train_sample_weights is None:
             return super()._get_train_sampler(train_dataset)
         # An epoch is still len(dataset) draws, so max_steps, epochs and the FLOPs count mean what they did.
