@@ -109,7 +109,7 @@ def test_a_store_is_reused_and_rebuilt_when_a_shard_or_the_tokenizer_changes(tmp
     changed = token_store(folder, tokenizer_of("char"), cache_dir=tmp_path / "cache")
     other_tokenizer = token_store(folder, tokenizer_of("byte"), cache_dir=tmp_path / "cache")
     assert len({first, changed, other_tokenizer}) == 3
-    assert not list((tmp_path / "cache").glob(".*"))  # no staging folder left behind
+    assert not list((tmp_path / "cache").glob(".*.partial-*"))  # no staging folder left behind
 
 
 def test_splits_are_contiguous_blocks_read_through_a_memory_map(tmp_path):
@@ -157,7 +157,7 @@ def test_unreadable_shards_are_named(tmp_path, name, content, problem):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(UsageError, match=problem):
         token_store(folder, tokenizer_of("byte"), num_proc=1, cache_dir=tmp_path / "cache")
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert not [entry for entry in (tmp_path / "cache").iterdir() if entry.suffix != ".lock"]  # no store, no staging
 
 
 def shard_run(tmp_path: Path, folder: Path, **data) -> dict:
@@ -286,3 +286,20 @@ def test_numpy_decoding_refuses_or_steps_aside_where_it_would_differ():
     prefixed = make_tokenizer("byte")
     prefixed.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)
     assert numpy_encoder(prefixed) is None  # it adds a space the byte table would not
+
+
+def test_a_store_is_built_once_and_a_killed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = write_shards(tmp_path / "corpus", "text", [TEXT])
+    tokenizer = tokenizer_of("char")
+    key = shards.store_key(shard_files(folder)[0], tokenizer)
+    leftover = tmp_path / "cache" / f".{key}.partial-killed"
+    leftover.mkdir(parents=True)  # what a build killed half-way leaves
+    builds = []
+    real_build = shards._build_store
+    monkeypatch.setattr(shards, "_build_store", lambda *args: builds.append(1) or real_build(*args))
+    with ThreadPoolExecutor(2) as pool:  # two runs sharing the cache at once
+        stores = list(pool.map(lambda _: token_store(folder, tokenizer, num_proc=1, cache_dir=tmp_path / "cache"),
+                               range(2)))
+    assert stores[0] == stores[1] and len(builds) == 1 and not leftover.exists()

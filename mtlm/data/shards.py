@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import config as datasets_config
+from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -211,6 +212,17 @@ def token_store(folder: str | os.PathLike, tokenizer, num_proc: int | None = Non
     store = cache / store_key(files, tokenizer)
     if (store / "index.json").is_file():
         return store
+    cache.mkdir(parents=True, exist_ok=True)
+    # One builder per store: another run (another node sharing the cache) waits here, then finds the store built.
+    with FileLock(cache / f".{store.name}.lock"):
+        if not (store / "index.json").is_file():
+            for leftover in cache.glob(f".{store.name}.partial-*"):  # of a build that was killed
+                shutil.rmtree(leftover, ignore_errors=True)
+            _build_store(store, files, kind, tokenizer, num_proc, folder)
+    return store
+
+
+def _build_store(store: Path, files: list[Path], kind: str, tokenizer, num_proc: int | None, folder) -> None:
     dtype = "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
     pieces = list(enumerate(_pieces(files, kind)))
     workers = max(1, min(num_proc or os.cpu_count() or 1, len(pieces)))
@@ -241,7 +253,6 @@ def token_store(folder: str | os.PathLike, tokenizer, num_proc: int | None = Non
         index = {"version": STORE_VERSION, "tokens": total, "dtype": dtype, "shards": [str(path) for path in files],
                  "bytes": sum(path.stat().st_size for path in files)}
         (staging / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-    return store
 
 
 def _advance(progress, piece: tuple[int, tuple[str, int, int]], count: int) -> int:
