@@ -33,6 +33,7 @@ from .files import (
 from .growth import METHODS, grow_folder
 from .hub_cards import write_card
 from .hub_cards.publish import export_folder, push_folder
+from .runtimes import GGUF_TYPES, TOLERANCE, export_gguf, export_onnx
 from .training import run_config
 from .training.reports import check_sampling, sample, unknown_characters
 from .training.trainer import NonFiniteLossError, end_of_run_sample, train
@@ -325,8 +326,6 @@ def _card(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     if args.gguf or args.onnx:
-        from .runtimes import TOLERANCE, export_gguf, export_onnx
-
         for option in ("repo_id", "license"):
             if getattr(args, option):
                 raise UsageError(f"--{option.replace('_', '-')} goes into a model card, which --gguf and --onnx "
@@ -633,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--onnx", action="store_true",
                       help="write OUT/model.onnx (input_ids, attention_mask -> logits) with config and tokenizer, "
                       "checked with onnxruntime (the export extra)")
-    export.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f32",
+    export.add_argument("--gguf-type", choices=GGUF_TYPES, default="f32",
                         help="weight type of the GGUF file (default: f32)")
     export.add_argument("--repo-id", help="Hub repository the card's usage snippet names")
     export.add_argument("--license", help="licence identifier for the card's metadata")

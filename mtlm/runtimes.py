@@ -75,15 +75,16 @@ def gguf_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tupl
 
     if not tokenizer.is_fast:
         raise UsageError(f"--gguf: {type(tokenizer).__name__} is not a `tokenizers` tokenizer; it has no GGUF form.")
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    special = set(tokenizer.all_special_tokens)
-    pre_tokenizer = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    byte_level = pre_tokenizer.get("type") == "ByteLevel"
+    structure = json.loads(tokenizer.backend_tokenizer.to_str())
+    model, special = structure["model"], set(tokenizer.all_special_tokens)
+    byte_level = (structure.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
     if model["type"] not in ("BPE", "WordLevel"):
-        raise UsageError(f"--gguf: a {model['type']} tokenizer has no GGUF form.")
+        raise UsageError(f"--gguf: a {model['type']} tokenizer has no GGUF form (llama.cpp's byte-level BPE): export "
+                         "with --onnx.")
     vocab = {**model["vocab"], **{token: index for token, index in tokenizer.get_added_vocab().items()}}
     if sorted(vocab.values()) != list(range(len(vocab))):
-        raise UsageError("--gguf: the tokenizer's ids have gaps, which a GGUF token list cannot hold.")
+        raise UsageError("--gguf: the tokenizer's ids have gaps, which a GGUF token list cannot hold: export with "
+                         "--onnx.")
     byte_symbol = bytes_to_unicode()
     tokens = [""] * len(vocab)
     for token, index in vocab.items():
@@ -97,7 +98,8 @@ def gguf_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tupl
                              "character vocabularies of one-byte characters (ASCII) export; export this one with "
                              "--onnx.")
     if len(tokens) > vocab_size:
-        raise UsageError(f"--gguf: the tokenizer has {len(tokens)} ids and the model {vocab_size}: they must agree.")
+        raise UsageError(f"--gguf: the tokenizer has {len(tokens)} ids and the model only {vocab_size}: save the "
+                         "checkpoint with the tokenizer it was trained with.")
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
     types = [gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL for token in tokens]
     padding = range(len(tokens), vocab_size)
@@ -119,7 +121,7 @@ def gguf_tensors(architecture: str, upstream, qtype: str):
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise UsageError(f"--gguf: no GGUF name for {hf_name}.")
+            raise UsageError(f"--gguf: llama.cpp's {architecture} has no tensor for {hf_name}: export with --onnx.")
         data = tensor.detach().float().numpy()
         if architecture == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
             # llama.cpp's rotary pairs dimensions (i, i + d/2) as neighbours: convert_hf_to_gguf permutes q and k
@@ -140,12 +142,13 @@ def gguf_tensors(architecture: str, upstream, qtype: str):
             yield name, gguf.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
 
 
-def write_gguf(path: Path, name: str, architecture: str, upstream, tokenizer, qtype: str) -> None:
-    """The GGUF file of `upstream` (llama.cpp's `architecture`) with `tokenizer` inside, weights in `qtype`."""
+def write_gguf(path: Path, name: str, architecture: str, upstream, tokenizer, vocabulary, qtype: str) -> None:
+    """The GGUF file of `upstream` (llama.cpp's `architecture`) with the tokenizer's `vocabulary` (gguf_vocabulary)
+    inside, weights in `qtype`."""
     import gguf
 
     config = upstream.config
-    tokens, merges, types = gguf_vocabulary(tokenizer, config.vocab_size)
+    tokens, merges, types = vocabulary
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -180,8 +183,8 @@ def write_gguf(path: Path, name: str, architecture: str, upstream, tokenizer, qt
             getattr(writer, f"add_{role}_token_id")(token_id)
     writer.add_add_bos_token(False)  # mtlm's tokenizers add no tokens of their own
     try:
-        for name, data, raw_type in gguf_tensors(architecture, upstream, qtype):
-            writer.add_tensor(name, data, raw_dtype=raw_type)
+        for tensor_name, data, raw_type in gguf_tensors(architecture, upstream, qtype):
+            writer.add_tensor(tensor_name, data, raw_dtype=raw_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -195,7 +198,8 @@ def check_logits(name: str, logits: np.ndarray, reference: torch.Tensor, toleran
     error = float(np.abs(logits - reference).max() / reference.std())
     if not error <= tolerance:
         raise RuntimeError(f"The {name} export computes different logits: max |difference| / std = {error:.3g}, "
-                           f"above the {tolerance:g} allowed; nothing was written.")
+                           f"above the {tolerance:g} allowed; nothing was written. This is a bug in mtlm's export: "
+                           "report it with the checkpoint's config.json.")
     return error
 
 
@@ -217,7 +221,7 @@ def export_gguf(source: str | os.PathLike, destination: str | os.PathLike, qtype
     model = load_causal_lm(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     architecture, upstream = llama_cpp_architecture(model)
-    gguf_vocabulary(tokenizer, model.config.vocab_size)  # refuses what llama.cpp cannot reproduce, before writing
+    vocabulary = gguf_vocabulary(tokenizer, model.config.vocab_size)  # refuses what llama.cpp cannot reproduce
     filename = f"model-{qtype}.gguf"
     if (Path(destination) / filename).exists() and not overwrite:
         raise FileExistsError(f"{Path(destination) / filename} exists: pass --overwrite to replace it.")
@@ -226,7 +230,7 @@ def export_gguf(source: str | os.PathLike, destination: str | os.PathLike, qtype
         reference = model(ids).logits
     # merged into the folder: the files of the other types already there stay
     with staged(destination, folder=True, merge=True) as staging:
-        write_gguf(staging / filename, source.resolve().name, architecture, upstream, tokenizer, qtype)
+        write_gguf(staging / filename, source.resolve().name, architecture, upstream, tokenizer, vocabulary, qtype)
         loaded = AutoModelForCausalLM.from_pretrained(staging, gguf_file=filename, dtype=torch.float32).eval()
         with torch.no_grad():
             error = check_logits(f"GGUF {qtype}", loaded(ids).logits.numpy(), reference, TOLERANCE[qtype])

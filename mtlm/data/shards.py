@@ -88,11 +88,10 @@ def _documents(piece: tuple[str, int, int], kind: str) -> Iterator[tuple[str, bo
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(path).read_row_group(start, columns=["text"]) if "text" in \
-            pq.ParquetFile(path).schema_arrow.names else None
-        if table is None:
+        shard = pq.ParquetFile(path)
+        if "text" not in shard.schema_arrow.names:
             raise UsageError(f"{path} has no 'text' column: shards hold their documents in a text column.")
-        for text in table.column("text").to_pylist():
+        for text in shard.read_row_group(start, columns=["text"]).column("text").to_pylist():
             yield text or "", True
         return
     begin, data = _line_range(path, start, stop)

@@ -5,8 +5,7 @@ axis (batch split further, and each weight matrix sharded along its larger dimen
 jit-compiled function. The recipe is the PyTorch Trainer's: AdamW with decoupled weight decay on matrices only (or,
 with `optimizer.name: muon`, torch.optim.Muon's update on the layers' matrices), the Trainer's schedules (warm-up,
 then cosine to `min_lr_rate`·lr, linear, constant or warmup-stable-decay), gradient clipping; `bf16` computes in
-bfloat16 (float32 master
-weights), `gradient_checkpointing` rematerialises each layer. Checkpoints are the usual folders (safetensors in
+bfloat16 (float32 master weights), `gradient_checkpointing` rematerialises each layer. Checkpoints are the usual folders (safetensors in
 PyTorch names) plus the optimizer state, so a run resumes on the same loss curve and every folder loads in PyTorch.
 """
 
@@ -26,12 +25,12 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
+from ..data.shards import TokenBlocks
 from ..errors import UsageError
 from ..families import family_of
 from ..files import read_json, staged
 from ..modeling.flax_mtlm import FlaxMtlmForCausalLM, read_safetensors
 from . import run_config
-from ..data.shards import TokenBlocks
 from .datasets import build_datasets, load_texts
 from .defaults import training_settings
 from .model import build_model_config

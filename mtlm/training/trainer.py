@@ -283,7 +283,7 @@ class RunStart(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        processes = PartialState().num_processes
+        processes = args.world_size
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
         print(f"mtlm: {processes} process{'es' if processes > 1 else ''} x {args.per_device_train_batch_size} "
               f"sequences x {args.gradient_accumulation_steps} accumulation = {per_step} sequences per step")
@@ -339,8 +339,8 @@ class RunFolderSaved(TrainerCallback):
             self.folder.saved()
 
 
-# experiment trackers that log locally with no account, the module each needs, and the extra that carries it
-LOCAL_TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}
+# experiment trackers that log locally with no account (the `track` extra), each also the module it needs
+LOCAL_TRACKERS = ("tensorboard", "trackio")
 
 
 def training_arguments(training: dict) -> TrainingArguments:
@@ -350,9 +350,9 @@ def training_arguments(training: dict) -> TrainingArguments:
     except ValueError as error:
         raise UsageError(f"The training section does not work as TrainingArguments: {error}") from None
     for tracker in arguments.report_to:
-        if tracker in LOCAL_TRACKERS and importlib.util.find_spec(LOCAL_TRACKERS[tracker]) is None:
+        if tracker in LOCAL_TRACKERS and importlib.util.find_spec(tracker) is None:
             raise UsageError(f"training.report_to names {tracker}, which is not installed: pip install "
-                             f"'mtlm[track]' (or {LOCAL_TRACKERS[tracker]}), or drop it from report_to.")
+                             f"'mtlm[track]' (or {tracker}), or drop it from report_to.")
     return arguments
 
 
